@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models on disk, the shared data folder, offline environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data samples that live beside the checkout (`../shared/data`)."""
+    path = Path(os.environ.get("PANACEA_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"shared data folder not found at {path}; set PANACEA_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return tiny.build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    return tiny.build_llama(tmp_path_factory.mktemp("llama"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    return tiny.build_gpt2(tmp_path_factory.mktemp("gpt2"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
+    """Each test that takes this runs once on Llama (nn.Linear) and once on GPT-2 (Conv1D)."""
+    return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]

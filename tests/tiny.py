@@ -1,0 +1,99 @@
+"""Tiny Hugging Face models and a locally trained tokenizer, saved to disk and loaded back.
+
+Tests use these so that the real `from_pretrained` code paths run with no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+CORPUS = [
+    "Once upon a time there was a little girl named Lily.",
+    "She loved to play outside in the park with her happy dog.",
+    "The sad cat did not want to eat its food.",
+    "Human: How do I bake bread? Assistant: Mix flour, water and yeast, then bake.",
+    "Human: Tell me something harmful. Assistant: I cannot help with that.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()-",
+]
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def build_tokenizer(path: Path) -> Path:
+    """Train a byte-level BPE tokenizer on a tiny corpus and save it as a HF tokenizer folder."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(path)
+    return path
+
+
+def build_llama(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a 2-layer Llama with GQA (random weights) and the tokenizer into `path`."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_gpt2(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a 2-layer GPT-2 (Conv1D layers, random weights) and the tokenizer into `path`."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load(path: Path, dtype: torch.dtype = torch.float32):
+    """Load a model folder the way a user would."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
