@@ -1,13 +1,12 @@
 """Preference vectors λ on the probability simplex: validation, sampling and evaluation grids.
 
-    from panacea_pl.preference import validate_preference, DirichletSampler, simplex_grid
-    lam = validate_preference([0.3, 0.7], num_preferences=2)   # tensor([0.3, 0.7])
-    grid = simplex_grid(num_preferences=3, divisions=4)         # 15 × 3 Das–Dennis lattice
+from panacea_pl.preference import validate_preference, DirichletSampler, simplex_grid
+lam = validate_preference([0.3, 0.7], num_preferences=2)   # tensor([0.3, 0.7])
+grid = simplex_grid(num_preferences=3, divisions=4)         # 15 × 3 Das–Dennis lattice
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,7 +105,9 @@ class DirichletSampler:
     def sample(self, batch_size: int | None = None) -> torch.Tensor:
         """One λ of shape [m] (batch_size None) or [batch_size, m], float32 on CPU."""
         n = 1 if batch_size is None else batch_size
-        gamma = torch._standard_gamma(self.alpha.expand(n, -1).contiguous(), generator=self.generator)
+        gamma = torch._standard_gamma(
+            self.alpha.expand(n, -1).contiguous(), generator=self.generator
+        )
         lam = (gamma / gamma.sum(dim=1, keepdim=True)).float()
         return lam[0] if batch_size is None else lam
 

@@ -1,0 +1,135 @@
+"""The Panacea layer: a frozen linear map plus an SVD-style update whose singular values carry λ.
+
+    y = x W0ᵀ + b + c · ((dropout(x) Vᵀ) ⊙ d(λ)) Uᵀ,    d(λ) = [σ_1 … σ_k, s·λ_1 … s·λ_m]
+
+Initialisation (so the adapted model equals the base model at step 0, yet every part learns):
+U = 0, V has orthonormal rows, σ = 1 and s = 1. At step 0 the output is exactly the base output,
+U receives gradient c·d(λ)·(xVᵀ)ᵀg (non-zero because d(λ) ≠ 0 and V ≠ 0); σ, s and V receive
+gradient from the first optimiser step on, once U ≠ 0. This is LoRA's zero-B initialisation with
+the singular values in between, and it keeps the orthogonality regulariser's V term at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from panacea_pl.layers.config import PanaceaConfig
+
+
+@dataclass
+class AdapterState:
+    """What every layer of one adapter shares: the config, the current λ and the on/off switch.
+
+    Layers hold a reference to the same object, so setting λ once reaches every layer and costs
+    a pointer assignment.
+    """
+
+    config: PanaceaConfig
+    preference: torch.Tensor | None = None  # [m] or [B, m], validated
+    enabled: bool = True
+    merged_preference: torch.Tensor | None = None
+    layers: dict[str, PanaceaLinear] = field(default_factory=dict, repr=False)
+
+
+def linear_shape(base: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a transformers Conv1D."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1]
+    raise TypeError(f"Panacea adapts nn.Linear and transformers Conv1D, not {type(base).__name__}")
+
+
+class PanaceaLinear(nn.Module):
+    """Wraps one frozen nn.Linear / Conv1D. Create through `inject_adapter`, not directly."""
+
+    def __init__(self, base_layer: nn.Module, state: AdapterState):
+        super().__init__()
+        config = state.config
+        self.in_features, self.out_features = linear_shape(base_layer)
+        self.base_layer = base_layer
+        self.is_conv1d = isinstance(base_layer, Conv1D)
+        self.rank = config.rank
+        self.num_preferences = config.num_preferences
+        self.scaling = config.scaling
+        # Held outside the module tree so it is shared, not copied into each state dict.
+        object.__setattr__(self, "state", state)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+        factory = {"device": base_layer.weight.device, "dtype": getattr(torch, config.dtype)}
+        r = config.total_rank
+        self.panacea_V = nn.Parameter(torch.empty(r, self.in_features, **factory))
+        self.panacea_U = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        self.panacea_sigma = nn.Parameter(torch.ones(config.rank, **factory))
+        self.panacea_scale = nn.Parameter(torch.ones(1, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """U = 0, V with orthonormal rows (scaled if r > in), σ = 1, s = 1."""
+        with torch.no_grad():
+            v = torch.empty(self.panacea_V.shape, dtype=torch.float32, device=self.panacea_V.device)
+            nn.init.orthogonal_(v)
+            self.panacea_V.copy_(v)
+            self.panacea_U.zero_()
+            self.panacea_sigma.fill_(1.0)
+            self.panacea_scale.fill_(1.0)
+
+    def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
+        """c · d(λ): [k + m] for λ of shape [m], [B, k + m] for λ of shape [B, m]."""
+        lam = preference.to(self.panacea_scale.dtype)
+        sigma = self.panacea_sigma.expand(*lam.shape[:-1], self.rank)
+        return torch.cat([sigma, self.panacea_scale * lam], dim=-1) * self.scaling
+
+    def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
+        """The update c · U diag(d(λ)) V for one λ, shaped like the base weight."""
+        delta = (self.panacea_U * self.singular_values(preference)) @ self.panacea_V
+        return delta.T if self.is_conv1d else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        state = self.state
+        if not state.enabled or state.merged_preference is not None:
+            return out
+        if state.preference is None:
+            raise RuntimeError(
+                "no preference set on the Panacea adapter: call adapter.set_preference(λ) or use "
+                "`with adapter.preference(λ):` before the forward pass"
+            )
+        d = self.singular_values(state.preference)
+        if d.dim() == 2:
+            d = _broadcast_rows(d, x)
+        h = F.linear(self.dropout(x).to(self.panacea_V.dtype), self.panacea_V) * d
+        return out + F.linear(h, self.panacea_U).to(out.dtype)
+
+    def orthogonality_penalty(self) -> torch.Tensor:
+        """AdaLoRA's ‖UᵀU − I‖²_F + ‖VVᵀ − I‖²_F for this layer."""
+        eye = torch.eye(self.panacea_U.shape[1], device=self.panacea_U.device)
+        u, v = self.panacea_U.float(), self.panacea_V.float()
+        return ((u.T @ u - eye) ** 2).sum() + ((v @ v.T - eye) ** 2).sum()
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+            f"preferences={self.num_preferences}, scaling={self.scaling:g}"
+        )
+
+
+def _broadcast_rows(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape per-sample singular values [B, r] to broadcast over x [N, ..., in].
+
+    N may be a multiple of B (generate with num_return_sequences repeats each row in place).
+    """
+    rows, n = d.shape[0], x.shape[0]
+    if n != rows:
+        if n % rows:
+            raise RuntimeError(
+                f"per-sample preference has {rows} rows but the batch has {n} sequences; set one "
+                f"λ row per sequence (or a single λ of shape [m] for the whole batch)"
+            )
+        d = d.repeat_interleave(n // rows, dim=0)
+    return d.view(n, *([1] * (x.dim() - 2)), d.shape[-1])

@@ -1,0 +1,219 @@
+"""Inject the Panacea adapter into a model and drive it: set λ, switch it off, merge, list params.
+
+    from panacea_pl.layers import PanaceaConfig, inject_adapter
+    adapter = inject_adapter(model, PanaceaConfig(rank=8, num_preferences=2))
+    with adapter.preference([0.2, 0.8]):
+        out = model.generate(**inputs)
+    with adapter.disabled():          # the reference model: same weights, adapter off
+        ref_logits = model(**inputs).logits
+
+Works on any torch model with nn.Linear or transformers Conv1D layers; no training framework.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from panacea_pl.layers.config import DEFAULT_TARGET_MODULES, PanaceaConfig
+from panacea_pl.layers.layer import AdapterState, PanaceaLinear
+from panacea_pl.preference import PreferenceLike, validate_preference
+
+
+def find_target_modules(model: nn.Module, target_modules: list[str] | str | None) -> list[str]:
+    """Full names of the linear layers selected by `target_modules` (see PanaceaConfig)."""
+    linear = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D) and not isinstance(module, PanaceaLinear)
+    ]
+    if target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGET_MODULES:
+            raise ValueError(
+                f"no default target modules for model type {model_type!r}; pass "
+                f"target_modules (names or a regex). Linear layers in this model: "
+                f"{_summarise(linear)}"
+            )
+        target_modules = DEFAULT_TARGET_MODULES[model_type]
+    if isinstance(target_modules, str):
+        pattern = re.compile(target_modules)
+        chosen = [name for name in linear if pattern.fullmatch(name)]
+    else:
+        chosen = [n for n in linear if any(n == t or n.endswith("." + t) for t in target_modules)]
+    if not chosen:
+        raise ValueError(
+            f"target_modules {target_modules!r} matched no nn.Linear/Conv1D layer. "
+            f"Linear layers in this model: {_summarise(linear)}"
+        )
+    return chosen
+
+
+def _summarise(names: list[str], limit: int = 12) -> str:
+    """Distinct leaf names first (what users type), then a few full names."""
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return f"leaf names {leaves}; e.g. {names[:limit]}" if names else "none"
+
+
+def inject_adapter(model: nn.Module, config: PanaceaConfig) -> PanaceaAdapter:
+    """Wrap the target layers of `model` in place, freeze everything else, return the handle.
+
+    Args:
+        model: any torch model, typically a transformers causal LM.
+        config: the adapter's shape and placement.
+
+    Returns:
+        The `PanaceaAdapter` controlling the injected layers (`PanaceaAdapter.of(model)` finds
+        it again later).
+    """
+    if any(isinstance(m, PanaceaLinear) for m in model.modules()):
+        raise ValueError("model already has a Panacea adapter; use PanaceaAdapter.of(model)")
+    names = find_target_modules(model, config.target_modules)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    state = AdapterState(config=config)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = PanaceaLinear(getattr(parent, child), state)
+        setattr(parent, child, layer)
+        state.layers[name] = layer
+    return PanaceaAdapter(model, state)
+
+
+class PanaceaAdapter:
+    """Handle on the adapter injected into one model. Holds no tensors of its own."""
+
+    def __init__(self, model: nn.Module, state: AdapterState):
+        self.model = model
+        self.state = state
+
+    @classmethod
+    def of(cls, model: nn.Module) -> PanaceaAdapter:
+        """The adapter already injected into `model` (also through DDP/Lightning wrappers)."""
+        for module in model.modules():
+            if isinstance(module, PanaceaLinear):
+                return cls(model, module.state)
+        raise ValueError("model has no Panacea adapter; call inject_adapter(model, config) first")
+
+    # ---- shape -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> PanaceaConfig:
+        return self.state.config
+
+    @property
+    def num_preferences(self) -> int:
+        return self.state.config.num_preferences
+
+    @property
+    def layers(self) -> dict[str, PanaceaLinear]:
+        """Injected layers by the full name of the module they replaced."""
+        return self.state.layers
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The adapter's learnable parameters (U, V, σ, s of every layer) with full names."""
+        for name, layer in self.layers.items():
+            for pname, param in layer.named_parameters(recurse=False):
+                yield f"{name}.{pname}", param
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors only, keyed like `named_parameters`."""
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    # ---- preference --------------------------------------------------------------------------
+
+    def set_preference(self, preference: PreferenceLike, *, normalize: bool = False) -> None:
+        """Use λ (shape [m]) for the whole batch, or one row per sequence (shape [B, m]).
+
+        Raises:
+            PreferenceError: λ is not on the simplex (see `validate_preference`).
+            RuntimeError: the adapter is merged at a different λ.
+        """
+        device = next(iter(self.layers.values())).panacea_scale.device
+        lam = validate_preference(
+            preference, self.num_preferences, normalize=normalize, device=device
+        )
+        merged = self.state.merged_preference
+        if merged is not None and not (lam.shape == merged.shape and torch.equal(lam, merged)):
+            raise RuntimeError(
+                f"adapter is merged at λ={merged.tolist()}; call unmerge() before switching to "
+                f"λ={lam.tolist()}"
+            )
+        self.state.preference = lam
+
+    @property
+    def current_preference(self) -> torch.Tensor | None:
+        """The λ in use: [m], [B, m], or None before the first `set_preference`."""
+        return self.state.preference
+
+    @contextmanager
+    def preference(self, preference: PreferenceLike, *, normalize: bool = False) -> Iterator[None]:
+        """Use λ inside the block, then restore the previous one."""
+        previous = self.state.preference
+        self.set_preference(preference, normalize=normalize)
+        try:
+            yield
+        finally:
+            self.state.preference = previous
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model: the adapter adds nothing inside the block (the DPO/PPO reference)."""
+        if self.state.merged_preference is not None:
+            raise RuntimeError("cannot disable a merged adapter; call unmerge() first")
+        previous, self.state.enabled = self.state.enabled, False
+        try:
+            yield
+        finally:
+            self.state.enabled = previous
+
+    # ---- merge -------------------------------------------------------------------------------
+
+    @property
+    def merged(self) -> bool:
+        return self.state.merged_preference is not None
+
+    @torch.no_grad()
+    def merge(self, preference: PreferenceLike | None = None) -> None:
+        """Add the update for one λ into the base weights; the forward pass is then the base cost.
+
+        Args:
+            preference: λ of shape [m]; None uses the current preference.
+        """
+        if self.merged:
+            raise RuntimeError("adapter is already merged; call unmerge() first")
+        if preference is not None:
+            self.set_preference(preference)
+        lam = self.state.preference
+        if lam is None or lam.dim() != 1:
+            raise RuntimeError("merge needs one λ of shape [m], not none or a per-sample batch")
+        for layer in self.layers.values():
+            weight = layer.base_layer.weight
+            weight.add_(layer.delta_weight(lam).to(weight.dtype))
+        self.state.merged_preference = lam
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the merged update again (exact up to floating-point rounding)."""
+        lam = self.state.merged_preference
+        if lam is None:
+            raise RuntimeError("adapter is not merged")
+        for layer in self.layers.values():
+            weight = layer.base_layer.weight
+            weight.sub_(layer.delta_weight(lam).to(weight.dtype))
+        self.state.merged_preference = None
+
+    # ---- regularisation ----------------------------------------------------------------------
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        """Σ over layers of ‖UᵀU − I‖² + ‖VVᵀ − I‖² (AdaLoRA); add it to the loss with a weight."""
+        return torch.stack([layer.orthogonality_penalty() for layer in self.layers.values()]).sum()
