@@ -1,0 +1,101 @@
+"""The policy: a Hugging Face causal LM with the Panacea adapter, built from a path.
+
+    policy = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    logps = policy.sequence_logprobs(batch)                  # adapter on, current λ
+    with policy.adapter.disabled():
+        ref = policy.sequence_logprobs(batch)                # the reference, no second copy
+    tokens = policy.generate(**policy.tokenizer()(prompts, return_tensors="pt", padding=True),
+                             preference=grid, max_new_tokens=32)   # one λ row per prompt
+
+LightningCLI builds it from YAML (`class_path: panacea_pl.models.PanaceaPolicy`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from panacea_pl.layers import PanaceaConfig, inject_adapter, load_adapter
+from panacea_pl.models.logprobs import sequence_logprobs
+from panacea_pl.preference import PreferenceLike
+
+
+class PanaceaPolicy(nn.Module):
+    """A causal LM plus the Panacea adapter.
+
+    Args:
+        model_name_or_path: a Hugging Face model folder or hub name (`from_pretrained`).
+        adapter: shape and placement of a new adapter (ignored when `adapter_path` is given).
+        adapter_path: a folder written by `save_adapter`, to continue from or evaluate.
+        dtype: dtype of the base weights ("float32", "bfloat16", "float16").
+        gradient_checkpointing: trade compute for activation memory.
+        disable_dropout: set the base model's dropout to 0, so the policy and its reference
+            (the same model, adapter off) see the same network, as DPO assumes (TRL does the
+            same). The adapter's own dropout is set in `PanaceaConfig`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        adapter: PanaceaConfig | None = None,
+        adapter_path: str | None = None,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        disable_dropout: bool = True,
+    ):
+        super().__init__()
+        self.model_name_or_path = model_name_or_path
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path, dtype=getattr(torch, dtype)
+        )
+        if disable_dropout:
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        self.model.train()
+        if adapter_path is not None:
+            self.adapter = load_adapter(self.model, adapter_path)
+        else:
+            self.adapter = inject_adapter(self.model, adapter or PanaceaConfig())
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+
+    @property
+    def num_preferences(self) -> int:
+        return self.adapter.num_preferences
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [N, T, V] under the current λ."""
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).logits
+
+    def sequence_logprobs(self, batch: dict) -> torch.Tensor:
+        """Summed response-token log-probs [N] of a pair or SFT batch under the current λ."""
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        return sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])[0]
+
+    def tokenizer(self):
+        """The tokenizer saved with the model (left padding, for generation)."""
+        tok = AutoTokenizer.from_pretrained(self.model_name_or_path)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        preference: PreferenceLike,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Generate with λ of shape [m] (all rows) or [B, m] (one per row) in one batched call."""
+        with self.adapter.preference(preference):
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
+            )

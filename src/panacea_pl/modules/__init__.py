@@ -1,0 +1,7 @@
+"""LightningModules, one per training procedure."""
+
+from panacea_pl.modules.base import PanaceaModule
+from panacea_pl.modules.dpo import PanaceaDPO
+from panacea_pl.modules.sft import PanaceaSFT
+
+__all__ = ["PanaceaDPO", "PanaceaModule", "PanaceaSFT"]

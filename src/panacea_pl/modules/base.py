@@ -1,0 +1,224 @@
+"""What every Panacea training procedure shares: sample λ, compute per-dimension losses,
+aggregate them with λ, log per dimension, and checkpoint only what is trained.
+
+Subclasses implement one hook, `dimension_losses(batch, preference)`; `sample_preference` and
+`aggregate` are the other two hooks worth overriding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+
+from panacea_pl.models import PanaceaPolicy
+from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
+from panacea_pl.preference import DirichletSampler
+
+SAMPLER_STATE_KEY = "panacea_preference_sampler"
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=5e-4)
+
+
+class PanaceaModule(pl.LightningModule):
+    """Base LightningModule for Panacea (Algorithm 1 of the paper): each training batch draws
+    λ ~ Dirichlet(α), computes the m per-dimension losses and optimises their aggregate.
+
+    Args:
+        policy: the causal LM with the Panacea adapter.
+        aggregator: how per-dimension losses combine under λ (LS, Tchebycheff, …).
+        preference_alpha: Dirichlet concentration α (1 = uniform on the simplex).
+        per_sample_preference: one λ per example instead of one per batch. One λ per batch is
+            the paper's choice; it is the same on every rank (the sampler is seeded identically).
+        seed: seed of the λ sampler.
+        orthogonality_weight: weight of the adapter's ‖UᵀU − I‖² + ‖VVᵀ − I‖² regulariser.
+        dimension_names: names of the m dimensions, used in logged keys; by default taken from
+            the datamodule's `dimension_names`.
+        optimizer: builds the optimiser from the adapter's parameters.
+        scheduler: builds a learning-rate scheduler from the optimiser (stepped every step).
+    """
+
+    def __init__(
+        self,
+        policy: PanaceaPolicy,
+        aggregator: Aggregator | None = None,
+        preference_alpha: float = 1.0,
+        per_sample_preference: bool = False,
+        seed: int = 0,
+        orthogonality_weight: float = 0.0,
+        dimension_names: Sequence[str] | None = None,
+        optimizer: OptimizerCallable = _adamw,
+        scheduler: LRSchedulerCallable | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["policy", "aggregator", "loss", "optimizer", "scheduler"])
+        self.policy = policy
+        self.aggregator = aggregator if aggregator is not None else LinearScalarization()
+        self.per_sample_preference = per_sample_preference
+        self.orthogonality_weight = orthogonality_weight
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.sampler = DirichletSampler(policy.num_preferences, alpha=preference_alpha, seed=seed)
+        self._dimension_names = list(dimension_names) if dimension_names is not None else None
+        self.eval_metrics = torch.nn.ModuleDict()
+        self.strict_loading = False  # checkpoints hold the adapter, not the frozen base
+
+    # ---- dimensions ---------------------------------------------------------------------------
+
+    @property
+    def num_preferences(self) -> int:
+        return self.policy.num_preferences
+
+    @property
+    def dimension_names(self) -> list[str]:
+        if self._dimension_names is None:
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+            names = getattr(datamodule, "dimension_names", None)
+            self._dimension_names = (
+                list(names) if names else [f"dim{i}" for i in range(self.num_preferences)]
+            )
+        if len(self._dimension_names) != self.num_preferences:
+            raise ValueError(
+                f"{len(self._dimension_names)} dimension names {self._dimension_names} for an "
+                f"adapter with num_preferences={self.num_preferences}"
+            )
+        return self._dimension_names
+
+    # ---- hooks --------------------------------------------------------------------------------
+
+    def sample_preference(self, batch_size: int) -> torch.Tensor:
+        """λ for a training batch: [m], or [B, m] with `per_sample_preference`."""
+        lam = self.sampler.sample(batch_size if self.per_sample_preference else None)
+        return lam.to(self.device)
+
+    def evaluation_preference(self) -> torch.Tensor:
+        """λ for validation/test losses: the centre of the simplex, so epochs are comparable."""
+        return torch.full((self.num_preferences,), 1.0 / self.num_preferences, device=self.device)
+
+    def dimension_losses(self, batch: dict, preference: torch.Tensor) -> DimensionLosses:
+        """Per-example, per-dimension losses [B, m] with their mask, under λ."""
+        raise NotImplementedError
+
+    def aggregate(self, losses: DimensionLosses, preference: torch.Tensor) -> torch.Tensor:
+        """The scalar to optimise."""
+        return self.aggregator(losses.losses, preference, losses.mask)
+
+    @staticmethod
+    def batch_size_of(batch: dict) -> int:
+        return batch["labels"].shape[0]
+
+    # ---- steps --------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        size = self.batch_size_of(batch)
+        if stage == "train":
+            preference = self.sample_preference(size)
+        else:
+            preference = self.evaluation_preference()
+        losses = self.dimension_losses(batch, preference)
+        loss = self.aggregate(losses, preference)
+        if stage == "train" and self.orthogonality_weight:
+            ortho = self.policy.adapter.orthogonality_loss()
+            self.log("train/orthogonality", ortho, batch_size=size)
+            loss = loss + self.orthogonality_weight * ortho
+        self._check_finite(loss, losses, preference, stage)
+        self._log_step(losses, loss, preference, stage, size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    # ---- logging ------------------------------------------------------------------------------
+
+    def dimension_metrics(self, losses: DimensionLosses) -> dict[str, torch.Tensor]:
+        """Per-dimension [m] statistics to log beside the loss (subclasses add their own)."""
+        return {"loss": losses.dimension_means()}
+
+    def _log_step(self, losses, loss, preference, stage: str, size: int) -> None:
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
+        lam = preference if preference.dim() == 1 else preference.mean(0)
+        counts = losses.counts().float()
+        for key, values in self.dimension_metrics(losses).items():
+            for i, name in enumerate(self.dimension_names):
+                if counts[i] == 0:
+                    continue
+                if stage == "train":
+                    self.log(f"train/{name}/{key}", values[i], batch_size=size)
+                else:
+                    self._epoch_mean(f"{stage}/{name}/{key}").update(values[i], counts[i])
+        if stage == "train":
+            for i, name in enumerate(self.dimension_names):
+                self.log(f"train/lambda/{name}", lam[i], batch_size=size)
+
+    def _epoch_mean(self, key: str) -> MeanMetric:
+        """A DDP-synced, count-weighted epoch mean logged under `key`."""
+        slot = key.replace("/", "__")
+        if slot not in self.eval_metrics:
+            self.eval_metrics[slot] = MeanMetric().to(self.device)
+            self.eval_metrics[slot].key = key
+        return self.eval_metrics[slot]
+
+    def _log_epoch_means(self) -> None:
+        for metric in self.eval_metrics.values():
+            if metric.update_called:
+                self.log(metric.key, metric.compute())
+                metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_means()
+
+    def _check_finite(self, loss, losses: DimensionLosses, preference, stage: str) -> None:
+        if torch.isfinite(loss):
+            return
+        per_dim = dict(zip(self.dimension_names, losses.dimension_means().tolist(), strict=True))
+        raise FloatingPointError(
+            f"non-finite {stage} loss {loss.item()} at global step {self.global_step} "
+            f"(epoch {self.current_epoch}); λ={preference.tolist()}; per-dimension losses "
+            f"{per_dim}. Lower the learning rate or β, or check the batch for empty responses."
+        )
+
+    # ---- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.policy.adapter.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ---- checkpoints: the adapter, optimiser and λ-sampler state, not the frozen base -----------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k not in frozen
+        }
+        checkpoint[SAMPLER_STATE_KEY] = self.sampler.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trained - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} adapter tensors, e.g. {missing[:3]}: it was "
+                "written for a different adapter configuration"
+            )
+        if SAMPLER_STATE_KEY in checkpoint:
+            self.sampler.load_state_dict(checkpoint[SAMPLER_STATE_KEY])

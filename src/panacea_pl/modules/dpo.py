@@ -1,0 +1,50 @@
+"""Panacea with multi-objective DPO: one DPO loss per dimension, aggregated with λ.
+
+    module = PanaceaDPO(policy=PanaceaPolicy(path, adapter=PanaceaConfig(rank=8, num_preferences=2)),
+                        loss=MultiObjectiveDPOLoss(beta=0.1), aggregator=Tchebycheff())
+    Trainer(max_steps=200).fit(module, datamodule=PreferenceDataModule(...))
+
+The reference is the policy with its adapter disabled: no second copy of the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from panacea_pl.models import PanaceaPolicy
+from panacea_pl.modules.base import PanaceaModule
+from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses
+
+
+class PanaceaDPO(PanaceaModule):
+    """Multi-objective DPO on preference-pair batches (see `panacea_pl.data.collate`).
+
+    Logs per dimension `{stage}/{dimension}/loss`, `/accuracy` (implicit-reward accuracy) and
+    `/margin` (mean implicit-reward margin of the preferred response), plus `{stage}/loss` (the
+    aggregate that was optimised) and `train/lambda/{dimension}`.
+
+    Args:
+        policy: the causal LM with the Panacea adapter.
+        loss: the per-dimension DPO loss (β, sigmoid or IPO).
+        **kwargs: see `PanaceaModule` (aggregator, preference sampling, optimiser, …).
+    """
+
+    def __init__(self, policy: PanaceaPolicy, loss: MultiObjectiveDPOLoss | None = None, **kwargs):
+        super().__init__(policy, **kwargs)
+        self.loss = loss if loss is not None else MultiObjectiveDPOLoss()
+
+    def dimension_losses(self, batch: dict, preference: torch.Tensor) -> PairwiseLosses:
+        rows = preference if preference.dim() == 1 else preference.repeat(2, 1)  # a rows, b rows
+        adapter = self.policy.adapter
+        with adapter.preference(rows):
+            policy_logps = self.policy.sequence_logprobs(batch)
+        with torch.no_grad(), adapter.disabled():
+            reference_logps = self.policy.sequence_logprobs(batch)
+        return self.loss(policy_logps, reference_logps, batch["labels"])
+
+    def dimension_metrics(self, losses: PairwiseLosses) -> dict[str, torch.Tensor]:
+        return {
+            "loss": losses.dimension_means(),
+            "accuracy": losses.accuracy(),
+            "margin": losses.mean_margin(),
+        }
