@@ -10,37 +10,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 import tiny
-from panacea_pl.data.collate import PreferenceCollator, SFTCollator
+from panacea_pl.data.collate import SFTCollator
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy, sequence_logprobs
 from panacea_pl.modules import PanaceaDPO, PanaceaSFT
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
-
-PROMPTS = ["Once upon a time", "The sad cat", "Human: How do I bake bread?", "She loved"]
-RESPONSES = [
-    (" there was a happy dog.", " the cat did not eat."),
-    (" did not want to eat its food.", " jumps over the lazy dog."),
-    (" Mix flour, water and yeast.", " I cannot help with that."),
-    (" to play outside in the park.", " the quick brown fox."),
-]
-LABELS = [[1, -1], [1, 1], [-1, 1], [1, 0]]
-
-
-def pair_rows(model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = []
-    for prompt, (a, b), labels in zip(PROMPTS, RESPONSES, LABELS, strict=True):
-        rows.append(
-            {
-                "prompt_ids": [tok.bos_token_id, *tok(prompt)["input_ids"]],
-                "response_a_ids": [*tok(a)["input_ids"], tok.eos_token_id],
-                "response_b_ids": [*tok(b)["input_ids"], tok.eos_token_id],
-                "labels": labels,
-                "is_safe_a": -1,
-                "is_safe_b": -1,
-            }
-        )
-    return rows, PreferenceCollator(pad_token_id=tok.pad_token_id)
 
 
 def policy(model_dir, rank=4):
@@ -55,7 +29,7 @@ class OneHot(PanaceaDPO):
 
 
 def test_one_hot_lambda_is_plain_dpo_against_the_base_model(tiny_model_dir):
-    rows, collate = pair_rows(tiny_model_dir)
+    rows, collate = tiny.pair_rows(tiny_model_dir)
     batch = collate(rows)
     module = OneHot(policy(tiny_model_dir), loss=MultiObjectiveDPOLoss(beta=0.5))
     gen = torch.Generator().manual_seed(0)
@@ -78,7 +52,7 @@ def test_one_hot_lambda_is_plain_dpo_against_the_base_model(tiny_model_dir):
         )[0]
     b = len(rows)
     expected = []
-    for i, labels in enumerate(LABELS):
+    for i, labels in enumerate(tiny.LABELS):
         if labels[0] == 0:
             continue
         h = (pol[i] - ref[i]) - (pol[b + i] - ref[b + i])
@@ -102,7 +76,7 @@ def fit(module, rows, collate, tmp_path, steps, **trainer_kwargs):
 
 
 def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_path):
-    rows, collate = pair_rows(tiny_llama_dir)
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(
         policy(tiny_llama_dir),
         dimension_names=["helpful", "harmless"],
@@ -132,7 +106,7 @@ def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_pat
 
 
 def test_tchebycheff_per_sample_training_runs(tiny_gpt2_dir, tmp_path):
-    rows, collate = pair_rows(tiny_gpt2_dir)
+    rows, collate = tiny.pair_rows(tiny_gpt2_dir)
     module = PanaceaDPO(
         policy(tiny_gpt2_dir),
         aggregator=Tchebycheff(ideal="running", num_preferences=2),
@@ -145,7 +119,7 @@ def test_tchebycheff_per_sample_training_runs(tiny_gpt2_dir, tmp_path):
 def test_checkpoint_holds_adapter_and_sampler_and_resumes_the_lambda_sequence(
     tiny_llama_dir, tmp_path
 ):
-    rows, collate = pair_rows(tiny_llama_dir)
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(policy(tiny_llama_dir), seed=3)
     trainer = fit(module, rows, collate, tmp_path, steps=2, enable_checkpointing=False)
     path = tmp_path / "last.ckpt"
@@ -165,7 +139,7 @@ def test_checkpoint_holds_adapter_and_sampler_and_resumes_the_lambda_sequence(
 
 
 def test_non_finite_loss_names_step_lambda_and_dimensions(tiny_llama_dir):
-    rows, collate = pair_rows(tiny_llama_dir)
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(policy(tiny_llama_dir), dimension_names=["helpful", "harmless"])
     with torch.no_grad():
         next(iter(module.policy.adapter.layers.values())).panacea_scale.fill_(float("nan"))
@@ -181,7 +155,7 @@ def test_sft_one_hot_is_the_nll_of_that_dimension(tiny_llama_dir):
             "target_ids": [*tok(r[0])["input_ids"], tok.eos_token_id],
             "dimension": i % 2,
         }
-        for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True))
+        for i, (p, r) in enumerate(zip(tiny.PROMPTS, tiny.RESPONSES, strict=True))
     ]
     batch = SFTCollator(pad_token_id=tok.pad_token_id)(rows)
 

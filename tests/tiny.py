@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from panacea_pl.data.collate import PreferenceCollator
+
 CORPUS = [
     "Once upon a time there was a little girl named Lily.",
     "She loved to play outside in the park with her happy dog.",
@@ -97,3 +99,31 @@ def build_gpt2(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
 def load(path: Path, dtype: torch.dtype = torch.float32):
     """Load a model folder the way a user would."""
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
+
+PROMPTS = ["Once upon a time", "The sad cat", "Human: How do I bake bread?", "She loved"]
+RESPONSES = [
+    (" there was a happy dog.", " the cat did not eat."),
+    (" did not want to eat its food.", " jumps over the lazy dog."),
+    (" Mix flour, water and yeast.", " I cannot help with that."),
+    (" to play outside in the park.", " the quick brown fox."),
+]
+LABELS = [[1, -1], [1, 1], [-1, 1], [1, 0]]
+
+
+def pair_rows(model_dir):
+    """Four tokenised preference pairs (2 dimensions) and the matching collator."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for prompt, (a, b), labels in zip(PROMPTS, RESPONSES, LABELS, strict=True):
+        rows.append(
+            {
+                "prompt_ids": [tok.bos_token_id, *tok(prompt)["input_ids"]],
+                "response_a_ids": [*tok(a)["input_ids"], tok.eos_token_id],
+                "response_b_ids": [*tok(b)["input_ids"], tok.eos_token_id],
+                "labels": labels,
+                "is_safe_a": -1,
+                "is_safe_b": -1,
+            }
+        )
+    return rows, PreferenceCollator(pad_token_id=tok.pad_token_id)

@@ -1,6 +1,13 @@
-"""Models: the Panacea policy and token/sequence log-probabilities."""
+"""Models: the Panacea policy, the vector reward/cost scorer, and response log-probabilities."""
 
 from panacea_pl.models.logprobs import sequence_logprobs, token_logprobs
 from panacea_pl.models.policy import PanaceaPolicy
+from panacea_pl.models.reward import ScorerOutput, VectorRewardModel
 
-__all__ = ["PanaceaPolicy", "sequence_logprobs", "token_logprobs"]
+__all__ = [
+    "PanaceaPolicy",
+    "ScorerOutput",
+    "VectorRewardModel",
+    "sequence_logprobs",
+    "token_logprobs",
+]

@@ -2,6 +2,7 @@
 
 from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.dpo import PanaceaDPO
+from panacea_pl.modules.reward import RewardModelModule
 from panacea_pl.modules.sft import PanaceaSFT
 
-__all__ = ["PanaceaDPO", "PanaceaModule", "PanaceaSFT"]
+__all__ = ["PanaceaDPO", "PanaceaModule", "PanaceaSFT", "RewardModelModule"]

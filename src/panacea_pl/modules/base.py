@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import MeanMetric
 
 from panacea_pl.models import PanaceaPolicy
+from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
 from panacea_pl.preference import DirichletSampler
 
@@ -65,7 +65,7 @@ class PanaceaModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.sampler = DirichletSampler(policy.num_preferences, alpha=preference_alpha, seed=seed)
         self._dimension_names = list(dimension_names) if dimension_names is not None else None
-        self.eval_metrics = torch.nn.ModuleDict()
+        self.epoch_means = EpochMeans()
         self.strict_loading = False  # checkpoints hold the adapter, not the frozen base
 
     # ---- dimensions ---------------------------------------------------------------------------
@@ -156,30 +156,16 @@ class PanaceaModule(pl.LightningModule):
                 if stage == "train":
                     self.log(f"train/{name}/{key}", values[i], batch_size=size)
                 else:
-                    self._epoch_mean(f"{stage}/{name}/{key}").update(values[i], counts[i])
+                    self.epoch_means.update(f"{stage}/{name}/{key}", values[i], counts[i])
         if stage == "train":
             for i, name in enumerate(self.dimension_names):
                 self.log(f"train/lambda/{name}", lam[i], batch_size=size)
 
-    def _epoch_mean(self, key: str) -> MeanMetric:
-        """A DDP-synced, count-weighted epoch mean logged under `key`."""
-        slot = key.replace("/", "__")
-        if slot not in self.eval_metrics:
-            self.eval_metrics[slot] = MeanMetric().to(self.device)
-            self.eval_metrics[slot].key = key
-        return self.eval_metrics[slot]
-
-    def _log_epoch_means(self) -> None:
-        for metric in self.eval_metrics.values():
-            if metric.update_called:
-                self.log(metric.key, metric.compute())
-                metric.reset()
-
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_means()
+        self.epoch_means.log_and_reset(self)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_means()
+        self.epoch_means.log_and_reset(self)
 
     def _check_finite(self, loss, losses: DimensionLosses, preference, stage: str) -> None:
         if torch.isfinite(loss):
