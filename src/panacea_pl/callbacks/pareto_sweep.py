@@ -1,0 +1,106 @@
+"""Sweep λ over the simplex during training and log the Pareto front with its metrics.
+
+    trainer = Trainer(callbacks=[ParetoSweep(ImplicitRewardEvaluator(), divisions=10)])
+
+Every `every_n_epochs` validation epochs (and once at the end of fitting) the evaluator scores
+the whole Das–Dennis grid in per-sample batches. Logged to every Lightning logger: metrics as
+`pareto/{name}` (hypervolume ↑, inner_product ↑, sparsity ↓, spacing ↓, and the evaluator's own);
+with W&B also a `wandb.Table` of the per-λ rows, the plot, and the metrics in the run summary (so
+dashboards can group runs by aggregation scheme). Always: a CSV and a PNG per sweep in
+`<log_dir>/pareto/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import WandbLogger
+
+from panacea_pl.evaluation.base import FrontEvaluator
+from panacea_pl.evaluation.plot import plot_front
+from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.preference import simplex_grid
+
+
+class ParetoSweep(pl.Callback):
+    """Evaluate f(λ) on a simplex grid and log the front.
+
+    Args:
+        evaluator: computes f(λ) for the grid (see `panacea_pl.evaluation`).
+        divisions: H of the Das–Dennis grid (C(H + m − 1, m − 1) points, corners included).
+        every_n_epochs: sweep after every n-th validation epoch (0: only at the end of fit).
+        output_dir: where CSV/PNG go (default `<trainer.log_dir>/pareto`).
+        sweep_on_fit_end: also sweep once when fitting ends.
+    """
+
+    def __init__(
+        self,
+        evaluator: FrontEvaluator,
+        divisions: int = 10,
+        every_n_epochs: int = 1,
+        output_dir: str | None = None,
+        sweep_on_fit_end: bool = True,
+    ):
+        self.evaluator = evaluator
+        self.divisions = divisions
+        self.every_n_epochs = every_n_epochs
+        self.output_dir = output_dir
+        self.sweep_on_fit_end = sweep_on_fit_end
+        self.last_result: FrontResult | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.last_plot: Path | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            evaluator=type(self.evaluator).__name__, divisions=self.divisions
+        )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.every_n_epochs:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.sweep(trainer, pl_module, f"epoch{trainer.current_epoch:03d}", log_metrics=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sweep_on_fit_end:
+            self.sweep(trainer, pl_module, "final", log_metrics=False)
+
+    def sweep(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, log_metrics: bool
+    ) -> FrontResult | None:
+        """Evaluate the grid on rank zero, write CSV + PNG, log to the loggers."""
+        if not trainer.is_global_zero:
+            return None
+        grid = simplex_grid(pl_module.policy.num_preferences, self.divisions)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            result = self.evaluator.evaluate(pl_module, grid)
+        finally:
+            pl_module.train(was_training)
+        metrics = result.metrics()
+        folder = Path(
+            self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "pareto"
+        )
+        result.write_csv(folder / f"{tag}.csv")
+        title = f"{type(pl_module).__name__} · step {trainer.global_step} · HV {metrics['hypervolume']:.4g}"
+        self.last_plot = plot_front(result, folder / f"{tag}.png", title=title)
+        self.last_result, self.last_metrics = result, metrics
+        keyed = {f"pareto/{name}": value for name, value in metrics.items()}
+        if log_metrics:
+            for name, value in keyed.items():
+                pl_module.log(name, value, rank_zero_only=True)
+        for logger in trainer.loggers:
+            if not log_metrics:
+                logger.log_metrics(
+                    {f"{k}_final": v for k, v in keyed.items()}, step=trainer.global_step
+                )
+            if isinstance(logger, WandbLogger):
+                logger.log_table(
+                    key=f"pareto/front_{tag}", columns=result.header(), data=result.rows()
+                )
+                logger.log_image(key="pareto/plot", images=[str(self.last_plot)], caption=[tag])
+                logger.experiment.summary.update(keyed)
+        return result

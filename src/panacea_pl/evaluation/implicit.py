@@ -1,0 +1,88 @@
+"""Evaluator (c): per-dimension implicit-reward accuracy on held-out pairs — no generation.
+
+For each λ of the grid, the DPO implicit reward r_λ(y) = β (log π_λ(y) − log π_ref(y)) ranks
+each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
+evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from panacea_pl.evaluation.result import FrontResult
+
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "response_mask")
+
+
+class ImplicitRewardEvaluator:
+    """Implicit-reward accuracy (↑) and margin per dimension, for every λ of a grid.
+
+    Args:
+        max_batches: held-out batches to use (None: all of the datamodule's validation set).
+        max_rows: most sequences in one forward pass (the grid is chunked to fit).
+        pairs: an iterable of pair batches; default: `trainer.datamodule.val_dataloader()`.
+    """
+
+    def __init__(
+        self, max_batches: int | None = 8, max_rows: int = 256, pairs: Iterable | None = None
+    ):
+        self.max_batches = max_batches
+        self.max_rows = max_rows
+        self.pairs = pairs
+
+    @torch.no_grad()
+    def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
+        policy, beta = module.policy, module.loss.beta
+        grid = preferences.to(module.device)
+        correct = torch.zeros(len(grid), policy.num_preferences, dtype=torch.float64)
+        margin = torch.zeros_like(correct)
+        counts = torch.zeros(policy.num_preferences, dtype=torch.float64)
+        pairs = self.pairs if self.pairs is not None else module.trainer.datamodule.val_dataloader()
+        for index, batch in enumerate(pairs):
+            if self.max_batches is not None and index >= self.max_batches:
+                break
+            batch = {k: v.to(module.device) for k, v in batch.items() if torch.is_tensor(v)}
+            b = batch["labels"].shape[0]
+            signs = torch.sign(batch["labels"]).double().cpu()  # [B, m]
+            with policy.adapter.disabled():
+                reference = policy.sequence_logprobs(batch).double().cpu()
+            ref_h = reference[:b] - reference[b:]
+            chunk = max(1, self.max_rows // (2 * b))
+            for start in range(0, len(grid), chunk):
+                lams = grid[start : start + chunk]
+                g = len(lams)
+                repeated = {k: batch[k].repeat(g, 1) for k in SEQUENCE_KEYS}
+                # rows: for each λ, its B a-responses then its B b-responses
+                rows = lams.repeat_interleave(2 * b, dim=0)
+                with policy.adapter.preference(rows):
+                    logps = policy.sequence_logprobs(repeated).double().cpu().view(g, 2, b)
+                h = beta * ((logps[:, 0] - logps[:, 1]) - ref_h)  # [g, B]
+                signed = h[:, :, None] * signs[None]  # [g, B, m]
+                labelled = signs[None] != 0
+                correct[start : start + g] += ((signed > 0) & labelled).sum(1)
+                margin[start : start + g] += (signed * labelled).sum(1)
+            counts += (signs != 0).sum(0)
+        if (counts == 0).any():
+            raise ValueError(
+                f"no held-out pair is labelled in dimension(s) {counts.eq(0).nonzero().flatten().tolist()}"
+            )
+        accuracy = (correct / counts).numpy()
+        names = [f"{name} accuracy" for name in module.dimension_names]
+        m = policy.num_preferences
+        return FrontResult(
+            preferences=preferences.cpu().numpy(),
+            objectives=accuracy,
+            objective_names=names,
+            maximize=[True] * m,
+            reference_point=np.zeros(m),
+            lower=np.zeros(m),
+            upper=np.ones(m),
+            columns={
+                f"{name} margin": (margin[:, i] / counts[i]).numpy()
+                for i, name in enumerate(module.dimension_names)
+            },
+        )
