@@ -1,0 +1,62 @@
+"""`panacea-pl`: the command line.
+
+    panacea-pl fit --config experiments/stories/panacea_dpo.yaml      # LightningCLI subcommands:
+    panacea-pl validate|test --config ... --ckpt_path ...             #   fit, validate, test
+    panacea-pl fit --config X.yaml --model.init_args.aggregator.class_path=panacea_pl.objectives.Tchebycheff
+    panacea-pl demo                                                   # the README's first command
+    panacea-pl convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR
+
+Model and data are given as `class_path` + `init_args`, so a subclass in the user's own module
+plugs in with no change here. Configs are read with omegaconf (`${...}` interpolation), and the
+resolved config is saved as `config.yaml` in every run's log folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI
+
+
+def _demo(argv: list[str]) -> int:
+    from panacea_pl.demo import main
+
+    return main(argv)
+
+
+def _convert(argv: list[str]) -> int:
+    from panacea_pl.convert.llama2c import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "convert-llama2c": _convert}
+
+
+def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing."""
+    return LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=argv,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    run_lightning_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

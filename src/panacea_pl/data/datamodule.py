@@ -1,0 +1,548 @@
+"""LightningDataModules: preference pairs (DPO, reward models), SFT targets, and PPO prompts.
+
+    from panacea_pl.data import DimensionSpec, PreferenceDataModule, SourceSpec
+
+    dm = PreferenceDataModule(
+        tokenizer="path/to/tokenizer",
+        sources=[SourceSpec(name="pku", schema="pku_saferlhf", path="pku.jsonl")],
+        dimensions=[
+            DimensionSpec(name="helpful", source="pku", field="better_response_id"),
+            DimensionSpec(name="harmless", source="pku", field="safer_response_id"),
+        ],
+        batch_size=8,
+    )
+    dm.prepare_data(); dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))   # see panacea_pl.data.collate for the layout
+    dm.dimension_names, dm.num_dimensions       # ["helpful", "harmless"], 2
+
+Life cycle (correct under DDP): `prepare_data` (Lightning runs it on local rank 0 only) reads,
+adapts, splits and tokenises every source and saves the result with `datasets.save_to_disk`
+under a content key (see `panacea_pl.data.cache`); when that key is already on disk it does
+nothing — a second run does no tokenisation. `setup` (every rank) loads the saved tables and
+mixes them. Training batches are drawn by a plain shuffled `DataLoader` that Lightning's
+`use_distributed_sampler` turns into a `DistributedSampler` under DDP, except for
+`mixing: per_dimension`, whose `PerDimensionBatchSampler` shards by rank itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
+
+from panacea_pl.data.cache import (
+    cache_key,
+    cache_path,
+    cache_root,
+    is_cached,
+    load_cached,
+    quiet_progress,
+    save_cached,
+)
+from panacea_pl.data.collate import PreferenceCollator, PromptCollator, SFTCollator
+from panacea_pl.data.config import (
+    BadRowPolicy,
+    BoundDimension,
+    DimensionSpec,
+    MixingPolicy,
+    SourceSpec,
+    TokenizationSpec,
+    bind_dimensions,
+)
+from panacea_pl.data.errors import ConfigError, DataError
+from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
+from panacea_pl.data.records import pair_records, prompt_records, sft_records
+from panacea_pl.data.schemas import SourceReport
+from panacea_pl.data.sources import source_fingerprint
+from panacea_pl.data.split import split_by_prompt
+from panacea_pl.data.tokenize import (
+    TextEncoder,
+    log_truncation,
+    pad_token_id,
+    tokenize_pairs,
+    tokenize_prompts,
+    tokenize_sft,
+    tokenizer_fingerprint,
+)
+
+log = logging.getLogger("panacea_pl.data")
+
+
+def _info(message: str) -> None:
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        log.info(message)
+
+
+class _TokenizedDataModule(pl.LightningDataModule):
+    """Shared life cycle: cache key → prepare (build + save) → setup (load + mix) → loaders."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        tokenizer: str,
+        sources: list[SourceSpec],
+        dimensions: list[DimensionSpec],
+        tokenization: TokenizationSpec | None,
+        batch_size: int,
+        eval_batch_size: int | None,
+        val_fraction: float,
+        seed: int,
+        on_bad_row: BadRowPolicy,
+        mixing: MixingPolicy,
+        mixing_weights: list[float] | None,
+        cache_dir: str | None,
+        overwrite_cache: bool,
+        num_workers: int,
+        pad_to_multiple_of: int | None,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ConfigError("at least one source is needed")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if on_bad_row not in ("error", "skip"):
+            raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if mixing not in POLICIES:
+            raise ConfigError(f"mixing must be one of {POLICIES}, got {mixing!r}")
+        if mixing_weights is not None and mixing != "interleaved":
+            raise ConfigError("mixing_weights apply to mixing: interleaved only")
+        self.tokenizer_path = tokenizer
+        self.sources = list(sources)
+        self.dimensions = list(dimensions)
+        self.tokenization = tokenization or TokenizationSpec()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.on_bad_row = on_bad_row
+        self.mixing = mixing
+        self.mixing_weights = mixing_weights
+        self.cache_dir = cache_dir
+        self.overwrite_cache = overwrite_cache
+        self.num_workers = num_workers
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.bound: dict[str, list[BoundDimension]] = self._bind()
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_dataset: datasets.Dataset | None = None
+        #: what prepare_data/setup found: per-source reports, truncation counts, split sizes
+        self.report: dict[str, Any] | None = None
+        #: True when prepare_data found the tokenised data on disk, False when it built it
+        self.cache_hit: bool | None = None
+        self._tokenizer_obj: Any = None
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def _bind(self) -> dict[str, list[BoundDimension]]:
+        bound = bind_dimensions(self.sources, self.dimensions)
+        for name, dims in bound.items():
+            if not dims:
+                raise ConfigError(
+                    f"source '{name}' is not used by any dimension; give it a DimensionSpec "
+                    "or remove it"
+                )
+        return bound
+
+    @property
+    def dimension_names(self) -> list[str]:
+        """Dimension names in configured order (the order of `labels` columns)."""
+        return [d.name for d in self.dimensions]
+
+    @property
+    def num_dimensions(self) -> int:
+        return len(self.dimension_names)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer, loaded with `AutoTokenizer.from_pretrained(tokenizer)` on first use."""
+        if self._tokenizer_obj is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer_obj = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            except Exception as err:  # noqa: BLE001 - name what could not be loaded
+                raise ConfigError(
+                    f"could not load the tokenizer {self.tokenizer_path!r}: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+        return self._tokenizer_obj
+
+    def cache_path(self) -> Path:
+        """Where the tokenised tables of this configuration live."""
+        payload = {
+            "kind": self.kind,
+            "sources": [{**asdict(s), "fingerprint": source_fingerprint(s)} for s in self.sources],
+            "dimensions": [asdict(d) for d in self.dimensions],
+            "tokenization": asdict(self.tokenization),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "on_bad_row": self.on_bad_row,
+        }
+        return cache_path(cache_root(self.cache_dir), self.kind, cache_key(payload))
+
+    # ---- per-kind hooks ---------------------------------------------------------------------
+
+    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
+        raise NotImplementedError
+
+    def _groups(self, source_index: int, table: datasets.Dataset) -> list[int]:
+        return [source_index] * len(table)
+
+    def _tokenize(
+        self, table: datasets.Dataset, encoder: TextEncoder
+    ) -> tuple[datasets.Dataset, dict[str, int]]:
+        raise NotImplementedError
+
+    def _collator(self) -> Any:
+        raise NotImplementedError
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Build and save the tokenised tables, unless this configuration is cached already."""
+        path = self.cache_path()
+        if is_cached(path) and not self.overwrite_cache:
+            self.cache_hit = True
+            _info(f"tokenised {self.kind} data: using the cache at {path}")
+            return
+        self.cache_hit = False
+        with quiet_progress():
+            tables, report = self.build()
+        save_cached(path, tables, report)
+        _info(f"tokenised {self.kind} data: saved to {path}")
+
+    def build(self) -> tuple[dict[str, datasets.Dataset], dict[str, Any]]:
+        """Read, adapt, split and tokenise every source (what `prepare_data` saves).
+
+        Returns:
+            Tables `train_{i}` / `validation_{i}` per source i, and the report.
+        """
+        encoder = TextEncoder(self.tokenizer, self.tokenization)
+        tables: dict[str, datasets.Dataset] = {}
+        report: dict[str, Any] = {"sources": {}, "truncated": {}, "rows": {}}
+        for i, spec in enumerate(self.sources):
+            table, source_report = self._records(spec)
+            table = table.add_column("group", self._groups(i, table))
+            train, val = split_by_prompt(table, self.val_fraction, self.seed)
+            cut_total: dict[str, int] = {}
+            for split, part in (("train", train), ("validation", val)):
+                part, cut = self._tokenize(part, encoder)
+                tables[f"{split}_{i}"] = part
+                for k, v in cut.items():
+                    cut_total[k] = cut_total.get(k, 0) + v
+            log_truncation(spec.name, len(table), cut_total, self.tokenization)
+            report["sources"][spec.name] = source_report.to_dict()
+            report["truncated"][spec.name] = cut_total
+            report["rows"][spec.name] = {"train": len(train), "validation": len(val)}
+        return tables, report
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tokenised tables (building them first when running in a single process)."""
+        if self.train_dataset is not None:
+            return
+        path = self.cache_path()
+        if not is_cached(path):
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.world_size > 1:
+                raise DataError(
+                    f"no tokenised data at {path}: prepare_data did not run on this node (with "
+                    "`prepare_data_per_node=False`, `cache_dir` must be on a filesystem that "
+                    "every node sees)"
+                )
+            self.prepare_data()
+        tables, report = load_cached(path)
+        n = len(self.sources)
+        train = datasets.concatenate_datasets([tables[f"train_{i}"] for i in range(n)])
+        val = datasets.concatenate_datasets([tables[f"validation_{i}"] for i in range(n)])
+        self.train_dataset = mix_groups(train, self.mixing, self.seed, self.mixing_weights)
+        self.val_dataset = val
+        self.report = report
+        for spec in self.sources:
+            for line in SourceReport(**report["sources"][spec.name]).lines():
+                _info(line)
+            rows = report["rows"][spec.name]
+            _info(f"source '{spec.name}': {rows['train']} train / {rows['validation']} validation")
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before train_dataloader()")
+        common = {
+            "collate_fn": self._collator(),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if self.mixing == "per_dimension":
+            trainer = getattr(self, "trainer", None)
+            sampler = PerDimensionBatchSampler(
+                None,
+                self.batch_size,
+                False,
+                groups=self.train_dataset["group"],
+                seed=self.seed,
+                num_replicas=trainer.world_size if trainer is not None else None,
+                rank=trainer.global_rank if trainer is not None else None,
+            )
+            return DataLoader(self.train_dataset, batch_sampler=sampler, **common)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
+            **common,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            raise RuntimeError("call setup() before val_dataloader()")
+        if len(self.val_dataset) == 0:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class PreferenceDataModule(_TokenizedDataModule):
+    """Preference pairs labelled in one or more dimensions, batched for DPO / reward models.
+
+    YAML (LightningCLI), PKU-SafeRLHF with two dimensions on the same pairs:
+
+        data:
+          class_path: panacea_pl.data.PreferenceDataModule
+          init_args:
+            tokenizer: path/to/tokenizer
+            sources:
+              - {name: pku, schema: pku_saferlhf, path: PKU-Alignment/PKU-SafeRLHF}
+            dimensions:
+              - {name: helpful, source: pku, field: better_response_id}
+              - {name: harmless, source: pku, field: safer_response_id}
+            batch_size: 8
+
+    HH-RLHF, helpful vs harmless (one dimension per source; the public files have a few rows
+    with an empty final turn, hence `on_bad_row: skip`, which counts them in the log):
+
+        data:
+          class_path: panacea_pl.data.PreferenceDataModule
+          init_args:
+            tokenizer: path/to/tokenizer
+            sources:
+              - name: helpful
+                schema: hh_rlhf
+                path: Anthropic/hh-rlhf
+                data_files: [helpful-base/train.jsonl.gz, helpful-online/train.jsonl.gz,
+                             helpful-rejection-sampled/train.jsonl.gz]
+              - {name: harmless, schema: hh_rlhf, path: Anthropic/hh-rlhf, data_dir: harmless-base}
+            dimensions:
+              - {name: helpful, source: helpful, field: chosen}
+              - {name: harmless, source: harmless, field: chosen}
+            mixing: interleaved          # or proportional / per_dimension
+            on_bad_row: skip
+
+    Args:
+        tokenizer: tokenizer path or hub name, loaded with `AutoTokenizer.from_pretrained`.
+        sources: the datasets (see `SourceSpec`).
+        dimensions: the preference dimensions, in the order of `labels` (see `DimensionSpec`).
+        tokenization: template and truncation (see `TokenizationSpec`; default: its defaults).
+        batch_size: pairs per training batch (a batch has 2 × batch_size sequences).
+        eval_batch_size: pairs per validation batch (default: batch_size).
+        val_fraction: share of distinct prompts held out for validation, per source.
+        seed: seed of the split, of the shuffling and of the per-dimension batch order.
+        on_bad_row: `error` — stop at the first bad row with a message naming file, row and
+            field; `skip` — drop bad rows and log how many, by reason.
+        mixing: `proportional`, `interleaved` or `per_dimension` (see `panacea_pl.data.mixing`).
+        mixing_weights: one weight per source for `interleaved` (default: equal turns).
+        cache_dir: where tokenised data (and `datasets`' own cache) go (default:
+            `HF_DATASETS_CACHE`).
+        overwrite_cache: rebuild even when the tokenised data is cached.
+        num_workers: DataLoader workers.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+    """
+
+    kind = "pairs"
+
+    def __init__(
+        self,
+        tokenizer: str,
+        sources: list[SourceSpec],
+        dimensions: list[DimensionSpec],
+        tokenization: TokenizationSpec | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        on_bad_row: BadRowPolicy = "error",
+        mixing: MixingPolicy = "proportional",
+        mixing_weights: list[float] | None = None,
+        cache_dir: str | None = None,
+        overwrite_cache: bool = False,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        if not dimensions:
+            raise ConfigError("at least one dimension is needed")
+        super().__init__(
+            tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
+            val_fraction, seed, on_bad_row, mixing, mixing_weights, cache_dir, overwrite_cache,
+            num_workers, pad_to_multiple_of,
+        )  # fmt: skip
+
+    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
+        return pair_records(
+            spec, self.bound[spec.name], self.num_dimensions, self.on_bad_row, self.cache_dir
+        )
+
+    def _tokenize(
+        self, table: datasets.Dataset, encoder: TextEncoder
+    ) -> tuple[datasets.Dataset, dict[str, int]]:
+        return tokenize_pairs(table, encoder)
+
+    def _collator(self) -> PreferenceCollator:
+        return PreferenceCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
+
+
+class SFTDataModule(_TokenizedDataModule):
+    """Prompt + target sequences, one target per dimension, for Panacea-SFT.
+
+    Sources of schema `sft` give their target columns (`DimensionSpec.field` = the column);
+    preference-pair sources give the preferred response of each dimension that labels a pair.
+    Groups for `mixing` are the dimensions (`per_dimension`: each batch serves one dimension).
+
+        data:
+          class_path: panacea_pl.data.SFTDataModule
+          init_args:
+            tokenizer: path/to/tokenizer
+            sources: [{name: pku, schema: pku_saferlhf, path: pku.jsonl}]
+            dimensions:
+              - {name: helpful, source: pku, field: better_response_id}
+              - {name: harmless, source: pku, field: safer_response_id}
+
+    Args:
+        tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
+        val_fraction, seed, on_bad_row, mixing, cache_dir, overwrite_cache, num_workers,
+        pad_to_multiple_of: as for `PreferenceDataModule` (batch_size counts sequences).
+        mixing_weights: one weight per dimension for `interleaved`.
+    """
+
+    kind = "sft"
+
+    def __init__(
+        self,
+        tokenizer: str,
+        sources: list[SourceSpec],
+        dimensions: list[DimensionSpec],
+        tokenization: TokenizationSpec | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        on_bad_row: BadRowPolicy = "error",
+        mixing: MixingPolicy = "proportional",
+        mixing_weights: list[float] | None = None,
+        cache_dir: str | None = None,
+        overwrite_cache: bool = False,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        if not dimensions:
+            raise ConfigError("at least one dimension is needed")
+        super().__init__(
+            tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
+            val_fraction, seed, on_bad_row, mixing, mixing_weights, cache_dir, overwrite_cache,
+            num_workers, pad_to_multiple_of,
+        )  # fmt: skip
+
+    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
+        return sft_records(
+            spec, self.bound[spec.name], self.num_dimensions, self.on_bad_row, self.cache_dir
+        )
+
+    def _groups(self, source_index: int, table: datasets.Dataset) -> list[int]:
+        return list(table["dimension"])
+
+    def _tokenize(
+        self, table: datasets.Dataset, encoder: TextEncoder
+    ) -> tuple[datasets.Dataset, dict[str, int]]:
+        return tokenize_sft(table, encoder)
+
+    def _collator(self) -> SFTCollator:
+        return SFTCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
+
+
+class PromptDataModule(_TokenizedDataModule):
+    """Distinct prompts of any source, left-padded for generation (PPO rollouts).
+
+        data:
+          class_path: panacea_pl.data.PromptDataModule
+          init_args:
+            tokenizer: path/to/tokenizer
+            sources: [{name: hh, schema: hh_rlhf, path: hh/test.jsonl.gz}]
+            dimension_names: [helpful, harmless]
+
+    Args:
+        tokenizer: tokenizer path or hub name.
+        sources: the datasets; any schema (its prompt column, or HH-RLHF's shared prefix).
+        dimension_names: the dimensions of the rewards the prompts are rolled out for (only
+            exposed as `dimension_names` / `num_dimensions`; prompts carry no labels).
+        tokenization: template and prompt truncation (`max_prompt_length`).
+        batch_size, eval_batch_size, val_fraction, seed, on_bad_row, cache_dir,
+        overwrite_cache, num_workers, pad_to_multiple_of: as for `PreferenceDataModule`.
+    """
+
+    kind = "prompts"
+
+    def __init__(
+        self,
+        tokenizer: str,
+        sources: list[SourceSpec],
+        dimension_names: list[str] | None = None,
+        tokenization: TokenizationSpec | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        on_bad_row: BadRowPolicy = "error",
+        cache_dir: str | None = None,
+        overwrite_cache: bool = False,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        self._names = list(dimension_names or [])
+        super().__init__(
+            tokenizer, sources, [], tokenization, batch_size, eval_batch_size, val_fraction,
+            seed, on_bad_row, "proportional", None, cache_dir, overwrite_cache, num_workers,
+            pad_to_multiple_of,
+        )  # fmt: skip
+
+    def _bind(self) -> dict[str, list[BoundDimension]]:
+        return bind_dimensions(self.sources, [])
+
+    @property
+    def dimension_names(self) -> list[str]:
+        return list(self._names)
+
+    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
+        return prompt_records(spec, self.on_bad_row, self.cache_dir)
+
+    def _tokenize(
+        self, table: datasets.Dataset, encoder: TextEncoder
+    ) -> tuple[datasets.Dataset, dict[str, int]]:
+        return tokenize_prompts(table, encoder)
+
+    def _collator(self) -> PromptCollator:
+        return PromptCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
+
+
+__all__: Sequence[str] = ["PreferenceDataModule", "PromptDataModule", "SFTDataModule"]

@@ -1,0 +1,85 @@
+"""Multi-objective DPO against hand-computed DPO and IPO losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from panacea_pl.objectives import LinearScalarization, MultiObjectiveDPOLoss
+
+# Two pairs; rows 0, 1 are responses a, rows 2, 3 responses b.
+# pair 0: log-ratios a: -10 - (-11) = 1,  b: -12 - (-11) = -1  → h = 1 - (-1) = 2
+# pair 1: log-ratios a:  -8 - (-8)  = 0,  b:  -7 - (-8)  =  1  → h = 0 - 1 = -1
+POLICY = torch.tensor([-10.0, -8.0, -12.0, -7.0])
+REFERENCE = torch.tensor([-11.0, -8.0, -11.0, -8.0])
+LABELS = torch.tensor([[1, -1], [-1, 0]])
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_sigmoid_loss_hand_computed():
+    out = MultiObjectiveDPOLoss(beta=0.1)(POLICY, REFERENCE, LABELS)
+    # −log σ(x) = log(1 + e^{−x})
+    # pair 0, dim 0: y = +1, β h = 0.1 * 2 = 0.2  → log(1 + e^{-0.2}) = log 1.818731 = 0.598139
+    # pair 0, dim 1: y = −1, β h = -0.2           → log(1 + e^{0.2})  = log 2.221403 = 0.798139
+    # pair 1, dim 0: y = −1, β h = 0.1 * 1 = 0.1  → log(1 + e^{-0.1}) = log 1.904837 = 0.644397
+    # pair 1, dim 1: unlabelled → 0
+    expected = torch.tensor([[0.598139, 0.798139], [0.644397, 0.0]])
+    torch.testing.assert_close(out.losses, expected, atol=1e-6, rtol=0)
+    assert out.losses[0, 0].item() == pytest.approx(softplus(-0.2))
+    torch.testing.assert_close(out.mask, torch.tensor([[True, True], [True, False]]))
+    torch.testing.assert_close(out.margins, torch.tensor([[0.2, -0.2], [0.1, 0.0]]))
+    # accuracy: dim 0 both margins > 0 → 1; dim 1 its one margin is < 0 → 0
+    torch.testing.assert_close(out.accuracy(), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(out.counts(), torch.tensor([2, 1]))
+    # mean margin: dim 0 (0.2 + 0.1)/2 = 0.15; dim 1 -0.2
+    torch.testing.assert_close(out.mean_margin(), torch.tensor([0.15, -0.2]))
+
+
+def test_single_dimension_and_one_hot_row_are_plain_dpo():
+    plain = MultiObjectiveDPOLoss(beta=0.1)(POLICY, REFERENCE, torch.tensor([[1], [-1]]))
+    # plain DPO mean over both pairs: (0.598139 + 0.644397) / 2 = 0.621268
+    mean = (softplus(-0.2) + softplus(-0.1)) / 2
+    assert plain.losses.mean().item() == pytest.approx(mean)
+    one_hot = torch.tensor([[0, 1, 0], [0, -1, 0]])
+    out = MultiObjectiveDPOLoss(beta=0.1)(POLICY, REFERENCE, one_hot)
+    torch.testing.assert_close(out.losses[:, 1], plain.losses[:, 0])
+    # through LS with a one-hot λ (or any λ: only dim 1 is labelled) it is the same number
+    for lam in ([0.0, 1.0, 0.0], [0.2, 0.8, 0.0]):
+        agg = LinearScalarization()(out.losses, torch.tensor(lam), out.mask)
+        assert agg.item() == pytest.approx(lam[1] * mean)
+
+
+def test_label_smoothing():
+    out = MultiObjectiveDPOLoss(beta=0.1, label_smoothing=0.1)(POLICY, REFERENCE, LABELS)
+    # pair 0, dim 0: 0.9 * log(1 + e^{-0.2}) + 0.1 * log(1 + e^{0.2})
+    #              = 0.9 * 0.598139 + 0.1 * 0.798139 = 0.538325 + 0.079814 = 0.618139
+    assert out.losses[0, 0].item() == pytest.approx(0.618139, abs=1e-6)
+
+
+def test_ipo_loss_hand_computed():
+    out = MultiObjectiveDPOLoss(beta=0.1, loss_type="ipo")(POLICY, REFERENCE, LABELS)
+    # 1/(2β) = 5;  (h_i − 5)²: pair 0: (2 − 5)² = 9, (−2 − 5)² = 49;  pair 1: (1 − 5)² = 16
+    torch.testing.assert_close(out.losses, torch.tensor([[9.0, 49.0], [16.0, 0.0]]))
+
+
+def test_gradient_flows_to_policy_only_on_labelled_pairs():
+    policy = POLICY.clone().requires_grad_()
+    out = MultiObjectiveDPOLoss(beta=0.1)(policy, REFERENCE, torch.tensor([[1], [0]]))
+    out.losses.sum().backward()
+    assert policy.grad[0] != 0 and policy.grad[2] != 0
+    assert policy.grad[1] == 0 and policy.grad[3] == 0
+    assert not out.margins.requires_grad
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"\[2B\]"):
+        MultiObjectiveDPOLoss()(POLICY[:3], REFERENCE[:3], LABELS)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match="sigmoid loss only"):
+        MultiObjectiveDPOLoss(loss_type="ipo", label_smoothing=0.1)
