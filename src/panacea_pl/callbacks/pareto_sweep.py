@@ -31,6 +31,8 @@ class ParetoSweep(pl.Callback):
         divisions: H of the Das–Dennis grid (C(H + m − 1, m − 1) points, corners included).
         every_n_epochs: sweep after every n-th validation epoch (0: only at the end of fit).
         output_dir: where CSV/PNG go (default `<trainer.log_dir>/pareto`).
+        sweep_on_fit_start: also sweep once before the first step (the starting front; for a
+            fresh adapter, the base model's).
         sweep_on_fit_end: also sweep once when fitting ends.
     """
 
@@ -40,13 +42,16 @@ class ParetoSweep(pl.Callback):
         divisions: int = 10,
         every_n_epochs: int = 1,
         output_dir: str | None = None,
+        sweep_on_fit_start: bool = False,
         sweep_on_fit_end: bool = True,
     ):
         self.evaluator = evaluator
         self.divisions = divisions
         self.every_n_epochs = every_n_epochs
         self.output_dir = output_dir
+        self.sweep_on_fit_start = sweep_on_fit_start
         self.sweep_on_fit_end = sweep_on_fit_end
+        self.first_metrics: dict[str, float] = {}
         self.last_result: FrontResult | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_plot: Path | None = None
@@ -62,6 +67,10 @@ class ParetoSweep(pl.Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.sweep(trainer, pl_module, f"epoch{trainer.current_epoch:03d}", log_metrics=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sweep_on_fit_start and self.sweep(trainer, pl_module, "start", log_metrics=False):
+            self.first_metrics = dict(self.last_metrics)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.sweep_on_fit_end:
@@ -95,7 +104,7 @@ class ParetoSweep(pl.Callback):
         for logger in trainer.loggers:
             if not log_metrics:
                 logger.log_metrics(
-                    {f"{k}_final": v for k, v in keyed.items()}, step=trainer.global_step
+                    {f"{k}_{tag}": v for k, v in keyed.items()}, step=trainer.global_step
                 )
             if isinstance(logger, WandbLogger):
                 logger.log_table(

@@ -1,0 +1,143 @@
+"""The stories benchmark as Lightning parts, so YAML and the CLI can use it by name.
+
+    policy:  class_path: panacea_pl.benchmarks.stories.StoriesPolicy      (the converted model)
+    data:    class_path: panacea_pl.benchmarks.stories.StoriesDataModule  (its labelled pairs)
+    sweep:   panacea_pl.benchmarks.stories.StoriesEvaluator               (f(λ) vs the optimum)
+
+All three find the checkpoint in `data_dir` (default `$PANACEA_DATA_DIR` or `../shared/data`)
+and keep what they build in `cache_dir` (default `~/.cache/panacea_pl/stories`).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
+from panacea_pl.data import DimensionSpec, PreferenceDataModule, SourceSpec, TokenizationSpec
+from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.models import PanaceaPolicy
+
+
+class StoriesPolicy(PanaceaPolicy):
+    """stories260K (converted to a Hugging Face folder on first use) with the Panacea adapter.
+
+    Args:
+        adapter: the adapter; `num_preferences` must match the data's dimensions.
+        data_dir: where `tinyllamas-stories260k/` is.
+        cache_dir: where the converted model is kept.
+        adapter_path: a saved adapter to load instead of a new one.
+    """
+
+    def __init__(
+        self,
+        adapter: PanaceaConfig | None = None,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        adapter_path: str | None = None,
+    ):
+        bench = StoriesBenchmark(data_dir, cache_dir, progress=False)
+        super().__init__(str(bench.model_dir), adapter=adapter, adapter_path=adapter_path)
+
+
+class StoriesDataModule(PreferenceDataModule):
+    """The benchmark's Bradley–Terry-labelled pairs (built and cached on first use).
+
+    Args:
+        num_dimensions: m, 2 to 10 (the first m scorers).
+        data_dir: where `tinyllamas-stories260k/` is.
+        cache_dir: where samples, pairs and the optimum are kept.
+        batch_size: pairs per batch.
+        val_fraction: share of prompts held out.
+        seed: split and shuffling seed.
+        benchmark: further `StoriesBenchmark` arguments (label_temperature, pairs_per_prompt, …).
+    """
+
+    def __init__(
+        self,
+        num_dimensions: int = 2,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        benchmark: dict | None = None,
+    ):
+        bench = StoriesBenchmark(data_dir, cache_dir, num_dimensions, **(benchmark or {}))
+        self.benchmark = bench
+        super().__init__(
+            tokenizer=str(bench.model_dir),
+            sources=[SourceSpec(name="stories", schema="generic", path=str(bench.pairs_path))],
+            dimensions=[
+                DimensionSpec(name=n, source="stories", field=n) for n in bench.dimension_names
+            ],
+            tokenization=TokenizationSpec(
+                prompt_template="{prompt}",
+                response_template="{response}",
+                add_eos=False,
+                max_prompt_length=None,
+                max_response_length=None,
+            ),
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            cache_dir=str(bench.cache_dir / "tokenized"),
+        )
+
+
+class StoriesEvaluator:
+    """Evaluator (a): sample stories for every λ of the grid (per-sample λ, batched) and score
+    them with the ground-truth scorers; report regret and hypervolume ratio to the optimum.
+
+    Args:
+        num_dimensions, data_dir, cache_dir, benchmark: as in `StoriesDataModule` (same values,
+            so the optimum is the one the pairs were labelled for).
+        samples_per_prompt: responses per prompt and λ.
+        seed: sampling seed (the same seed every sweep, so fronts are comparable).
+    """
+
+    def __init__(
+        self,
+        num_dimensions: int = 2,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        benchmark: dict | None = None,
+        samples_per_prompt: int = 4,
+        seed: int = 0,
+    ):
+        self.bench = StoriesBenchmark(data_dir, cache_dir, num_dimensions, **(benchmark or {}))
+        self.samples_per_prompt = samples_per_prompt
+        self.seed = seed
+        self.last_evaluation = None
+
+    def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
+        policy = module.policy
+        ev = self.bench.evaluate(
+            policy.model,
+            preferences=preferences,
+            adapter=policy.adapter,
+            samples_per_prompt=self.samples_per_prompt,
+            seed=self.seed,
+        )
+        self.last_evaluation = ev
+        optimum = self.bench.optimal_front(preferences)
+        scorers = self.bench.scorers
+        return FrontResult(
+            preferences=ev.preferences,
+            objectives=ev.objectives,
+            objective_names=list(ev.dimension_names),
+            maximize=[True] * len(scorers),
+            reference_point=ev.reference_point,
+            lower=np.array([s.low for s in scorers], dtype=float),
+            upper=np.array([s.high for s in scorers], dtype=float),
+            columns={"kl": ev.kl, "regret": ev.regret, "regret_se": ev.regret_se}
+            | {f"{n}_se": ev.objectives_se[:, i] for i, n in enumerate(ev.dimension_names)},
+            summary={
+                "hypervolume_ratio": ev.hypervolume_ratio,
+                "mean_regret": ev.mean_regret,
+                "mean_kl": float(ev.kl.mean()),
+            },
+            optimum=optimum.objectives,
+        )

@@ -1,0 +1,88 @@
+"""Preference pairs labelled per dimension by Bradley–Terry, written in the `generic` schema.
+
+    index = choose_pairs(prompt_index, pairs_per_prompt=256, seed=0)          # [K, 2]
+    labels = bradley_terry_labels(rewards[index[:, 0]], rewards[index[:, 1]], temperature=0.04)
+    write_pairs(path, prompts, texts_a, texts_b, labels, ["happy", "sad"])
+
+Each row of the file is `{"prompt", "response_a", "response_b", "<dimension>": 1 | -1}`:
+for dimension i, response_a is preferred with probability σ((r_i(a) − r_i(b)) / τ) (label 1,
+else -1). Labels are drawn, not thresholded, so the DPO population optimum is exactly the tilt
+derived in `benchmark.py` (β_eff = β·τ). Every dimension has its own random stream, so the labels
+of dimension i do not depend on how many dimensions are written. Read the file with the data
+layer's `generic` schema, one `DimensionSpec(name, source=…, field=name)` per dimension.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from panacea_pl.benchmarks.stories.cache import atomic_write
+
+
+def choose_pairs(prompt_index: np.ndarray, pairs_per_prompt: int, seed: int) -> np.ndarray:
+    """Pick up to `pairs_per_prompt` distinct unordered pairs of responses to the same prompt.
+
+    Args:
+        prompt_index: [N] the prompt of each candidate response.
+        pairs_per_prompt: pairs per prompt (fewer when a prompt has fewer distinct pairs).
+        seed: seed of the choice and of the a/b order.
+
+    Returns:
+        [K, 2] indices into the N responses: (a, b) per pair, grouped by prompt.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for p in np.unique(prompt_index):
+        members = np.flatnonzero(prompt_index == p)
+        i, j = np.triu_indices(len(members), k=1)
+        pick = rng.choice(len(i), size=min(pairs_per_prompt, len(i)), replace=False)
+        pairs = np.stack([members[i[pick]], members[j[pick]]], axis=1)
+        swap = rng.random(len(pairs)) < 0.5
+        pairs[swap] = pairs[swap, ::-1]
+        chosen.append(pairs)
+    return np.concatenate(chosen) if chosen else np.zeros((0, 2), dtype=np.int64)
+
+
+def bradley_terry_labels(
+    rewards_a: np.ndarray, rewards_b: np.ndarray, temperature: float, seed: int = 0
+) -> np.ndarray:
+    """Labels [K, m] in {1, -1}: 1 with probability σ((r_a − r_b) / temperature) per dimension.
+
+    Args:
+        rewards_a: [K, m] rewards of response a.
+        rewards_b: [K, m] rewards of response b.
+        temperature: τ > 0 of the Bradley–Terry model.
+        seed: dimension i draws from `np.random.default_rng([seed, i])`.
+    """
+    if not temperature > 0:
+        raise ValueError(f"the Bradley-Terry temperature must be positive, got {temperature}")
+    margin = (np.asarray(rewards_a, np.float64) - np.asarray(rewards_b, np.float64)) / temperature
+    prob_a = 1.0 / (1.0 + np.exp(-margin))
+    draws = np.stack(
+        [np.random.default_rng([seed, i]).random(len(margin)) for i in range(margin.shape[1])], 1
+    ).reshape(margin.shape)
+    return np.where(draws < prob_a, 1, -1)
+
+
+def write_pairs(
+    path: str | Path,
+    prompts: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    labels: np.ndarray,
+    dimension_names: Sequence[str],
+) -> Path:
+    """Write the pairs as JSON lines (atomically: a partial file never has the final name)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for prompt, a, b, row in zip(prompts, responses_a, responses_b, labels, strict=True):
+                record = {"prompt": prompt, "response_a": a, "response_b": b}
+                record |= {name: int(v) for name, v in zip(dimension_names, row, strict=True)}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    return atomic_write(Path(path), write)

@@ -1,0 +1,216 @@
+"""The stories benchmark end to end on a small setting: samples, pairs, optimum, cache, evaluation.
+
+The full default build (m = 2) is the slow test at the end; it prints its time and numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from panacea_pl.benchmarks.stories import StoriesBenchmark, evaluate_policy, locate_checkpoint
+from panacea_pl.benchmarks.stories import benchmark as benchmark_module
+from panacea_pl.benchmarks.stories.evaluate import _chunks
+from panacea_pl.layers import PanaceaAdapter, PanaceaConfig, inject_adapter
+
+SMALL = dict(
+    num_prompts=4,
+    reference_samples_per_prompt=128,
+    pair_responses_per_prompt=16,
+    pairs_per_prompt=32,
+    max_new_tokens=24,
+    batch_size=288,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stories_cache")
+
+
+@pytest.fixture(scope="module")
+def bench(shared_data, cache_dir):
+    start = time.perf_counter()
+    built = StoriesBenchmark(shared_data, cache_dir, num_dimensions=2, **SMALL).build()
+    print(f"small stories build: {time.perf_counter() - start:.1f} s")
+    return built
+
+
+@pytest.fixture(scope="module")
+def base_model(bench):
+    return bench.load_model()
+
+
+def test_missing_checkpoint_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="huggingface.co/karpathy/tinyllamas"):
+        locate_checkpoint(tmp_path)
+
+
+def test_samples_shapes_and_conflict(bench):
+    samples = bench.samples
+    assert len(samples.texts) == 4 * (128 + 16) and samples.rewards.shape == (576, 10)
+    assert samples.for_pairs.sum() == 4 * 16
+    rewards = samples.reference_rewards(2)
+    assert rewards.shape == (4, 128, 2)
+    happy, sad = rewards.reshape(-1, 2).T
+    assert np.corrcoef(happy, sad)[0, 1] < 0  # the m = 2 pair conflicts
+
+
+def test_pairs_file_is_generic_schema(bench):
+    rows = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
+    assert len(rows) == 4 * 32
+    texts = set(bench.samples.texts[bench.samples.for_pairs].tolist())
+    for row in rows:
+        assert set(row) == {"prompt", "response_a", "response_b", "happy", "sad"}
+        assert row["prompt"] in bench.prompts
+        assert row["response_a"] in texts and row["response_b"] in texts
+        assert row["response_a"].strip() and row["response_b"].strip()
+        assert row["happy"] in (1, -1) and row["sad"] in (1, -1)
+
+
+def test_pairs_load_through_the_data_layer(bench, tmp_path):
+    from panacea_pl.data import DimensionSpec, SourceSpec, bind_dimensions, pair_records
+
+    source = SourceSpec(name="stories", schema="generic", path=str(bench.pairs_path))
+    dims = [DimensionSpec(name=n, source="stories", field=n) for n in bench.dimension_names]
+    table, _ = pair_records(
+        source, bind_dimensions([source], dims)["stories"], 2, cache_dir=str(tmp_path)
+    )
+    assert len(table) == 4 * 32
+
+
+def test_labels_follow_bradley_terry(bench):
+    rows = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
+    scorer = bench.scorers[0]
+    margin = np.array([scorer(r["response_a"]) - scorer(r["response_b"]) for r in rows])
+    label = np.array([r["happy"] for r in rows])
+    expected = 1 / (1 + np.exp(-margin / bench.label_temperature))
+    # mean of Bernoulli(p) labels vs mean p: 4 standard errors
+    se = np.sqrt((expected * (1 - expected)).sum()) / len(rows)
+    assert abs((label == 1).mean() - expected.mean()) < 4 * se
+
+
+def test_optimum_moves_the_right_way_and_kl_grows_as_beta_shrinks(bench):
+    grid = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    reference = bench.samples.reference_rewards(2).mean((0, 1))
+    front = bench.optimal_front(grid)
+    assert front.objectives[0, 0] > reference[0] and front.objectives[0, 1] < reference[1]
+    assert front.objectives[2, 1] > reference[1] and front.objectives[2, 0] < reference[0]
+    assert (front.ess > 5).all() and (front.kl > 0).all()
+    kls = []
+    for beta in (2.0, 1.0, 0.5):
+        other = StoriesBenchmark(bench.checkpoint.parent, bench.cache_dir, beta=beta, **SMALL)
+        kls.append(other.optimal_front(grid).kl)
+    assert (np.diff(np.stack(kls), axis=0) > 0).all()
+
+
+def test_second_build_is_a_cache_hit(bench, shared_data, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached artefact was rebuilt")
+
+    monkeypatch.setattr(benchmark_module, "draw_samples", fail)
+    monkeypatch.setattr(benchmark_module, "convert_llama2c", fail)
+    monkeypatch.setattr(benchmark_module, "tilted_front", fail)
+    start = time.perf_counter()
+    again = StoriesBenchmark(shared_data, bench.cache_dir, num_dimensions=2, **SMALL).build()
+    print(f"cached stories build: {time.perf_counter() - start:.2f} s")
+    assert again.pairs_path == bench.pairs_path and again.model_dir == bench.model_dir
+    np.testing.assert_array_equal(
+        again.optimal_front().objectives, bench.optimal_front().objectives
+    )
+
+
+def test_more_dimensions_reuse_the_samples(bench, shared_data, monkeypatch):
+    monkeypatch.setattr(benchmark_module, "draw_samples", None)  # sampling again would fail
+    three = StoriesBenchmark(shared_data, bench.cache_dir, num_dimensions=3, **SMALL)
+    rows = [json.loads(line) for line in three.pairs_path.read_text().splitlines()]
+    two = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
+    assert [r["happy"] for r in rows] == [r["happy"] for r in two]  # same labels per dimension
+    assert three.optimal_front().objectives.shape == (28, 3)
+
+
+def test_evaluate_base_model(bench, base_model):
+    result = bench.evaluate(base_model, samples_per_prompt=2)
+    front = bench.optimal_front()
+    lam = front.preferences
+    assert result.objectives.shape == (11, 2) and len(result.texts[0]) == 8
+    np.testing.assert_array_equal(result.kl, 0.0)
+    np.testing.assert_allclose(result.regret, front.value - (lam * result.objectives).sum(1))
+    assert result.regret_within_error().all()
+    assert np.isfinite(result.hypervolume_ratio) and result.optimal_hypervolume > 0
+    assert len(result.rows()) == 11 and "regret" in result.rows()[0]
+
+
+def test_evaluate_with_adapter(bench, base_model):
+    model = bench.load_model()
+    adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))
+    at_init = bench.evaluate(model, adapter=adapter, samples_per_prompt=2)
+    base = bench.evaluate(base_model, samples_per_prompt=2)
+    assert at_init.texts == base.texts  # U = 0: the adapter is the identity at init
+    np.testing.assert_allclose(at_init.kl, 0.0, atol=1e-5)
+
+    torch.manual_seed(0)
+    for layer in adapter.layers.values():
+        torch.nn.init.normal_(layer.panacea_U, std=0.3)
+    adapter.set_preference([0.3, 0.7])
+    moved = bench.evaluate(model, adapter=PanaceaAdapter.of(model), samples_per_prompt=2)
+    assert adapter.current_preference.tolist() == pytest.approx([0.3, 0.7])  # restored
+    assert moved.kl.mean() > 0.05
+    assert not np.allclose(moved.kl[0], moved.kl[-1])  # λ reaches every sample row
+    assert moved.regret_within_error(z=3).all()
+
+
+def test_evaluate_with_a_set_preference_function(bench, base_model):
+    calls = []
+    result = evaluate_policy(
+        base_model,
+        bench.load_tokenizer(),
+        bench.optimal_front(),
+        bench.prompts,
+        bench.max_new_tokens,
+        set_preference=calls.append,
+        reference=base_model,
+        per_sample=False,
+        samples_per_prompt=2,
+        batch_size=5,
+        progress=False,
+    )
+    assert all(len(torch.unique(rows, dim=0)) == 1 for rows in calls)
+    assert sum(len(rows) for rows in calls) == 11 * 8
+    np.testing.assert_allclose(result.kl, 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="reference"):
+        evaluate_policy(base_model, None, bench.optimal_front(), [], 1, set_preference=print)
+
+
+def test_chunks_respect_preference_boundaries():
+    assert _chunks(10, 4, None) == [(0, 4), (4, 8), (8, 10)]
+    assert _chunks(10, 4, 5) == [(0, 4), (4, 5), (5, 9), (9, 10)]
+
+
+@pytest.mark.slow
+def test_default_build_m2(shared_data, tmp_path):
+    start = time.perf_counter()
+    bench = StoriesBenchmark(shared_data, tmp_path, num_dimensions=2, progress=False).build()
+    built = time.perf_counter() - start
+    front = bench.optimal_front()
+    corners = [0, 5, 10]  # λ = (1, 0), (0.5, 0.5), (0, 1)
+    base = bench.evaluate(bench.load_model(), samples_per_prompt=8)
+    print(
+        f"\nm=2 default build: {built:.1f} s; β_eff = {bench.beta_eff}"
+        f"\nλ {front.preferences[corners].tolist()}"
+        f"\noptimum {front.objectives[corners].round(4).tolist()} ± {front.objectives_se[corners].max():.4f}"
+        f"\nKL {front.kl[corners].round(3).tolist()}  ESS mean {front.ess[corners].round(0).tolist()}"
+        f" min {front.ess_min[corners].round(0).tolist()} of {front.num_samples}"
+        f"\nbase model {base.objectives.mean(0).round(4).tolist()}, regret {base.regret[corners].round(4).tolist()}"
+        f" ± {base.regret_se.max():.4f}, HV ratio {base.hypervolume_ratio:.3f}"
+    )
+    rewards = bench.samples.reference_rewards(3).reshape(-1, 3)
+    correlation = np.corrcoef(rewards.T)
+    assert (correlation[np.triu_indices(3, 1)] < 0).all()  # m = 3: pairwise conflicting
+    assert (front.ess_min > 20).all()
+    assert base.regret_within_error().all()
