@@ -171,3 +171,48 @@ def test_sft_one_hot_is_the_nll_of_that_dimension(tiny_llama_dir):
     logps, lengths = sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])
     nll = -(logps / lengths)[batch["dimension"] == 1].mean()
     torch.testing.assert_close(loss, nll, rtol=1e-5, atol=1e-6)
+
+
+class RecordingDPO(PanaceaDPO):
+    """Records every training λ, to compare an interrupted run with an uninterrupted one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def sample_preference(self, batch_size):
+        lam = super().sample_preference(batch_size)
+        self.seen.append(lam.tolist())
+        return lam
+
+
+def test_resumed_fit_continues_the_same_lambda_sequence_and_weights(tiny_llama_dir, tmp_path):
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
+
+    def run(max_epochs, root, ckpt_path=None):
+        torch.manual_seed(0)
+        module = RecordingDPO(policy(tiny_llama_dir), seed=5)
+        loader = DataLoader(rows, batch_size=2, collate_fn=collate)
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+            num_sanity_val_steps=0,
+            callbacks=[pl.callbacks.ModelCheckpoint(dirpath=root, save_last=True)],
+        )
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return module
+
+    full = run(2, tmp_path / "full")
+    run(1, tmp_path / "part")
+    resumed = run(2, tmp_path / "part", ckpt_path=str(tmp_path / "part" / "last.ckpt"))
+    assert len(full.seen) == 4 and resumed.seen == full.seen[2:]
+    for (name, a), (_, b) in zip(
+        full.policy.adapter.named_parameters(),
+        resumed.policy.adapter.named_parameters(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, msg=name)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
+from panacea_pl.resolvers import register_resolvers
+
 
 def _demo(argv: list[str]) -> int:
     from panacea_pl.demo import main
@@ -36,7 +38,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "convert-llama
 
 
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing."""
+    """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing
+    (with `panacea_pl.resolvers` registered, e.g. `${panacea.stories_model:}`)."""
+    register_resolvers()
     return LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,

@@ -19,9 +19,11 @@ Life cycle (correct under DDP): `prepare_data` (Lightning runs it on local rank 
 adapts, splits and tokenises every source and saves the result with `datasets.save_to_disk`
 under a content key (see `panacea_pl.data.cache`); when that key is already on disk it does
 nothing — a second run does no tokenisation. `setup` (every rank) loads the saved tables and
-mixes them. Training batches are drawn by a plain shuffled `DataLoader` that Lightning's
-`use_distributed_sampler` turns into a `DistributedSampler` under DDP, except for
-`mixing: per_dimension`, whose `PerDimensionBatchSampler` shards by rank itself.
+mixes them (held-out rows of several sources or dimensions are shuffled once with `seed`, so any
+prefix of the validation set covers all of them). Training batches are drawn by a plain
+shuffled `DataLoader` that Lightning's `use_distributed_sampler` turns into a
+`DistributedSampler` under DDP, except for `mixing: per_dimension`, whose
+`PerDimensionBatchSampler` shards by rank itself.
 """
 
 from __future__ import annotations
@@ -265,6 +267,10 @@ class _TokenizedDataModule(pl.LightningDataModule):
         n = len(self.sources)
         train = datasets.concatenate_datasets([tables[f"train_{i}"] for i in range(n)])
         val = datasets.concatenate_datasets([tables[f"validation_{i}"] for i in range(n)])
+        if len(set(val["group"])) > 1:
+            # one fixed shuffle, so that any prefix of the held-out set (`limit_val_batches`,
+            # an evaluator's `max_batches`) holds every source and dimension, not just the first
+            val = val.shuffle(seed=self.seed, keep_in_memory=True)
         self.train_dataset = mix_groups(train, self.mixing, self.seed, self.mixing_weights)
         self.val_dataset = val
         self.report = report

@@ -16,7 +16,11 @@ import warnings
 import wandb
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
-FALLBACK_ERRORS = (wandb.errors.UsageError, wandb.errors.CommError, wandb.errors.AuthenticationError)
+FALLBACK_ERRORS = (
+    wandb.errors.UsageError,
+    wandb.errors.CommError,
+    wandb.errors.AuthenticationError,
+)
 
 
 class WandbLogger(LightningWandbLogger):
