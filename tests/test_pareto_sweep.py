@@ -42,7 +42,10 @@ def test_implicit_evaluator_matches_one_lambda_at_a_time(tiny_llama_dir):
         alone = ImplicitRewardEvaluator(pairs=loader).evaluate(module, lam[None])
         np.testing.assert_allclose(together.objectives[g], alone.objectives[0])
         np.testing.assert_allclose(
-            together.columns["helpful margin"][g], alone.columns["helpful margin"][0], rtol=1e-4, atol=1e-6
+            together.columns["helpful margin"][g],
+            alone.columns["helpful margin"][0],
+            rtol=1e-4,
+            atol=1e-6,
         )
     # accuracy is a fraction of the labelled pairs: helpful has 4, harmless 3
     assert set(np.round(together.objectives[:, 0] * 4, 6)) <= {0, 1, 2, 3, 4}
