@@ -104,7 +104,13 @@ class PanaceaLinear(nn.Module):
         if d.dim() == 2:
             d = _broadcast_rows(d, x)
         h = F.linear(self.dropout(x).to(self.panacea_V.dtype), self.panacea_V) * d
-        return out + F.linear(h, self.panacea_U).to(out.dtype)
+        if h.dtype != out.dtype:
+            return out + F.linear(h, self.panacea_U).to(out.dtype)
+        # out + h Uᵀ as one GEMM with the add in its epilogue (saves a pass over the output)
+        flat = torch.addmm(
+            out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), self.panacea_U.T
+        )
+        return flat.view(out.shape)
 
     def orthogonality_penalty(self) -> torch.Tensor:
         """AdaLoRA's ‖UᵀU − I‖²_F + ‖VVᵀ − I‖²_F for this layer."""
