@@ -44,7 +44,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff format src tests bench experiments
 
 bench: $(STAMP) ## run the speed benchmarks (side-by-side ratios against PEFT/TRL)
-	$(BIN)/python bench/adapter_overhead.py
+	$(BIN)/python bench/adapter_overhead.py --threads 1
+	$(BIN)/python bench/dpo_step.py
 
 lock: ## re-pin requirements/lock.txt from the current .venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^panacea' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > requirements/lock.txt

@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per contender")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--gen-rounds", type=int, default=3)
+    parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

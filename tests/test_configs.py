@@ -15,6 +15,7 @@ import wandb
 import yaml
 from omegaconf import OmegaConf
 
+from panacea_pl.cli import main as cli_main
 from panacea_pl.cli import run_lightning_cli
 from panacea_pl.modules import PanaceaDPO
 from panacea_pl.modules.base import SAMPLER_STATE_KEY
@@ -112,11 +113,16 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_config_parses(config, in_run_dir, capsys):
-    """The real `fit` parser reads the file (omegaconf interpolation included) and checks every
+    """The real `fit` parser (`panacea-pl baseline`'s for a baseline YAML) reads the file
+    (omegaconf interpolation included) and checks every
     init_args against its class's signature; nothing is instantiated, so 7B configs that name
     hub models and the stories config (whose DataModule samples for a minute) are safe."""
+    path = EXPERIMENTS / config
     with pytest.raises(SystemExit) as exit_info:
-        run_lightning_cli(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
+        if "baseline" in yaml.safe_load(path.read_text()):  # `panacea-pl baseline`'s parser
+            cli_main(["baseline", "--config", str(path), "--print_config"])
+        else:
+            run_lightning_cli(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code in (0, None)
     parsed = yaml.safe_load(capsys.readouterr().out)
     assert "${" not in yaml.safe_dump(parsed), "an interpolation was left unresolved"

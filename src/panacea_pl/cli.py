@@ -4,6 +4,7 @@
     panacea-pl validate|test --config ... --ckpt_path ...             #   fit, validate, test
     panacea-pl fit --config X.yaml --model.init_args.aggregator.class_path=panacea_pl.objectives.Tchebycheff
     panacea-pl demo                                                   # the README's first command
+    panacea-pl baseline --config experiments/stories/dps.yaml          # DPS / rewarded soups
     panacea-pl convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR
 
 Model and data are given as `class_path` + `init_args`, so a subclass in the user's own module
@@ -28,13 +29,23 @@ def _demo(argv: list[str]) -> int:
     return main(argv)
 
 
+def _baseline(argv: list[str]) -> int:
+    from panacea_pl.baselines.runner import main
+
+    return main(argv)
+
+
 def _convert(argv: list[str]) -> int:
     from panacea_pl.convert.llama2c import main
 
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "convert-llama2c": _convert}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "demo": _demo,
+    "baseline": _baseline,
+    "convert-llama2c": _convert,
+}
 
 
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:

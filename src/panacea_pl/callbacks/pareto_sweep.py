@@ -7,7 +7,9 @@ the whole Das–Dennis grid in per-sample batches. Logged to every Lightning log
 `pareto/{name}` (hypervolume ↑, inner_product ↑, sparsity ↓, spacing ↓, and the evaluator's own);
 with W&B also a `wandb.Table` of the per-λ rows, the plot, and the metrics in the run summary (so
 dashboards can group runs by aggregation scheme). Always: a CSV and a PNG per sweep in
-`<log_dir>/pareto/`.
+`<log_dir>/pareto/`. Under `trainer.validate(...)` (a finished model, or a baseline's policy
+collection: `panacea_pl.baselines`) it sweeps once, tagged and logged like the end-of-fit sweep
+(`final.csv`, `pareto/{name}_final`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 from panacea_pl.evaluation.base import FrontEvaluator
 from panacea_pl.evaluation.plot import plot_front
@@ -63,6 +66,9 @@ class ParetoSweep(pl.Callback):
         )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # stand-alone validation: the final front
+            self.sweep(trainer, pl_module, "final", log_metrics=False)
+            return
         if trainer.sanity_checking or not self.every_n_epochs:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -95,6 +101,8 @@ class ParetoSweep(pl.Callback):
         )
         result.write_csv(folder / f"{tag}.csv")
         title = f"{type(pl_module).__name__} · step {trainer.global_step} · HV {metrics['hypervolume']:.4g}"
+        if "hypervolume_ratio" in metrics:
+            title += f" ({metrics['hypervolume_ratio']:.2f} of the optimum's)"
         self.last_plot = plot_front(result, folder / f"{tag}.png", title=title)
         self.last_result, self.last_metrics = result, metrics
         keyed = {f"pareto/{name}": value for name, value in metrics.items()}

@@ -14,9 +14,11 @@ from panacea_pl.evaluation.result import FrontResult
 class FrontEvaluator(Protocol):
     """Anything with `evaluate(module, preferences) -> FrontResult`.
 
-    `module` is the LightningModule being trained (its `policy` is a `PanaceaPolicy`); the
-    evaluator must evaluate the whole grid in per-sample batches (one λ row per sequence), not
-    one pass per λ.
+    `module` is the LightningModule being trained or evaluated; its `policy` is a
+    `panacea_pl.models.PreferencePolicy` (Panacea's `PanaceaPolicy`, or a baseline's policy
+    collection). The evaluator must evaluate the whole grid in per-sample batches (one λ row per
+    sequence), not one pass per λ — unless the policy's `per_sample_preference` is False, in
+    which case each batch holds one λ only.
     """
 
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult: ...

@@ -2,7 +2,9 @@
 
 For each λ of the grid, the DPO implicit reward r_λ(y) = β (log π_λ(y) − log π_ref(y)) ranks
 each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
-evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk.
+evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk. A policy that
+takes one λ per forward pass (`per_sample_preference` False: the baselines' policy collections)
+gets chunks of one λ.
 """
 
 from __future__ import annotations
@@ -48,17 +50,17 @@ class ImplicitRewardEvaluator:
             batch = {k: v.to(module.device) for k, v in batch.items() if torch.is_tensor(v)}
             b = batch["labels"].shape[0]
             signs = torch.sign(batch["labels"]).double().cpu()  # [B, m]
-            with policy.adapter.disabled():
+            with policy.reference():
                 reference = policy.sequence_logprobs(batch).double().cpu()
             ref_h = reference[:b] - reference[b:]
-            chunk = max(1, self.max_rows // (2 * b))
+            chunk = max(1, self.max_rows // (2 * b)) if policy.per_sample_preference else 1
             for start in range(0, len(grid), chunk):
                 lams = grid[start : start + chunk]
                 g = len(lams)
                 repeated = {k: batch[k].repeat(g, 1) for k in SEQUENCE_KEYS}
                 # rows: for each λ, its B a-responses then its B b-responses
                 rows = lams.repeat_interleave(2 * b, dim=0)
-                with policy.adapter.preference(rows):
+                with policy.preference(rows):
                     logps = policy.sequence_logprobs(repeated).double().cpu().view(g, 2, b)
                 h = beta * ((logps[:, 0] - logps[:, 1]) - ref_h)  # [g, B]
                 signed = h[:, :, None] * signs[None]  # [g, B, m]

@@ -39,9 +39,7 @@ def _plot_2d(result: FrontResult):
             result.optimum[:, 0], result.optimum[:, 1], "--", color="0.4", label="optimal front"
         )
     ax.plot(x, y, "-", color="tab:blue", alpha=0.4)
-    points = ax.scatter(
-        x, y, c=result.preferences[:, 0], cmap="viridis", zorder=3, label="Panacea f(λ)"
-    )
+    points = ax.scatter(x, y, c=result.preferences[:, 0], cmap="viridis", zorder=3, label="f(λ)")
     fig.colorbar(points, ax=ax, label=f"λ ({result.objective_names[0]})")
     for g in range(len(x)):
         ax.annotate(
@@ -51,6 +49,8 @@ def _plot_2d(result: FrontResult):
             xytext=(4, 4),
             fontsize=7,
         )
+    ref = result.reference_point
+    ax.scatter([ref[0]], [ref[1]], marker="x", color="0.3", label="hypervolume reference")
     _label_axes(ax, result)
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
@@ -63,7 +63,7 @@ def _plot_3d(result: FrontResult):
     obj = result.objectives
     if result.optimum is not None:
         ax.scatter(*result.optimum.T, marker="x", color="0.5", label="optimal front")
-    ax.scatter(*obj.T, c=result.preferences, depthshade=False, label="Panacea f(λ) (colour = λ)")
+    ax.scatter(*obj.T, c=result.preferences, depthshade=False, label="f(λ) (colour = λ)")
     ax.set_xlabel(result.objective_names[0])
     ax.set_ylabel(result.objective_names[1])
     ax.set_zlabel(result.objective_names[2])

@@ -8,9 +8,17 @@
                              preference=grid, max_new_tokens=32)   # one λ row per prompt
 
 LightningCLI builds it from YAML (`class_path: panacea_pl.models.PanaceaPolicy`).
+
+Evaluators reach a policy only through `PreferencePolicy` (set λ, run the reference, log-probs,
+the model for generation), so the baselines' policy collections (`panacea_pl.baselines`) are
+evaluated by the same code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -21,8 +29,44 @@ from panacea_pl.models.logprobs import sequence_logprobs
 from panacea_pl.preference import PreferenceLike
 
 
+@runtime_checkable
+class PreferencePolicy(Protocol):
+    """What an evaluator needs from a policy steered by λ.
+
+    Panacea's policy takes a different λ per row of a batch (`per_sample_preference` True); a
+    collection of baseline models (DPS, rewarded soups) swaps weights and takes one λ per
+    forward pass (False): evaluators then send every λ in batches of its own.
+
+    Attributes:
+        model: the causal LM that is run and generates (with the current λ's weights).
+        per_sample_preference: whether one batch may hold different λ rows.
+    """
+
+    model: nn.Module
+    per_sample_preference: bool
+
+    @property
+    def num_preferences(self) -> int: ...
+
+    def set_preference(self, preference: torch.Tensor) -> None:
+        """Use λ of shape [m], or [B, m] (one row per sequence; equal rows unless per-sample)."""
+        ...
+
+    def preference(self, preference: torch.Tensor) -> AbstractContextManager:
+        """`set_preference` for a block."""
+        ...
+
+    def reference(self) -> AbstractContextManager:
+        """A block in which `model` is the reference policy (for KL and implicit rewards)."""
+        ...
+
+    def sequence_logprobs(self, batch: dict) -> torch.Tensor:
+        """Summed response-token log-probs [N] of a pair or SFT batch under the current λ."""
+        ...
+
+
 class PanaceaPolicy(nn.Module):
-    """A causal LM plus the Panacea adapter.
+    """A causal LM plus the Panacea adapter (a `PreferencePolicy` with per-sample λ).
 
     Args:
         model_name_or_path: a Hugging Face model folder or hub name (`from_pretrained`).
@@ -63,9 +107,25 @@ class PanaceaPolicy(nn.Module):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
 
+    per_sample_preference = True
+
     @property
     def num_preferences(self) -> int:
         return self.adapter.num_preferences
+
+    def set_preference(self, preference: torch.Tensor) -> None:
+        """λ for the next forward passes: [m], or [B, m] with one row per sequence."""
+        self.adapter.set_preference(preference)
+
+    @contextmanager
+    def preference(self, preference: torch.Tensor) -> Iterator[None]:
+        """λ inside the block; the previous λ is restored after it."""
+        with self.adapter.preference(preference):
+            yield
+
+    def reference(self) -> AbstractContextManager:
+        """The reference policy: the same model with the adapter disabled."""
+        return self.adapter.disabled()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [N, T, V] under the current λ."""

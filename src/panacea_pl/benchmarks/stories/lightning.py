@@ -113,14 +113,17 @@ class StoriesEvaluator:
         self.last_evaluation = None
 
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
-        policy = module.policy
-        ev = self.bench.evaluate(
-            policy.model,
-            preferences=preferences,
-            adapter=policy.adapter,
-            samples_per_prompt=self.samples_per_prompt,
-            seed=self.seed,
-        )
+        policy = module.policy  # a PreferencePolicy: Panacea's, or a baseline's collection
+        with policy.preference(preferences[0]):  # restores Panacea's λ afterwards
+            ev = self.bench.evaluate(
+                policy.model,
+                preferences=preferences,
+                set_preference=policy.set_preference,
+                reference=policy.reference,
+                per_sample=policy.per_sample_preference,
+                samples_per_prompt=self.samples_per_prompt,
+                seed=self.seed,
+            )
         self.last_evaluation = ev
         optimum = self.bench.optimal_front(preferences)
         scorers = self.bench.scorers

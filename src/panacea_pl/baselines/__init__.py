@@ -1,0 +1,51 @@
+"""The paper's baselines, trained from YAML and logged exactly like Panacea's fronts.
+
+    panacea-pl baseline --config experiments/stories/dps.yaml              # DPS
+    panacea-pl baseline --config experiments/stories/rewarded_soups.yaml   # rewarded soups
+
+- DPS (discrete policy solutions): one model per λ of the grid, each trained with
+  `FixedPreferenceDPO` at its λ with Panacea's budget; λ runs its own model (`DPSPolicy`).
+- RS (rewarded soups, Ramé et al. 2023): one model per dimension, trained at λ = e_i; λ runs the
+  weight interpolation Σ_i λ_i θ_i (`RewardedSoupsPolicy`).
+
+Both collections are `panacea_pl.models.PreferencePolicy`s with one λ per forward pass, so the
+same evaluators and `ParetoSweep` score them (`runner` explains the run's files and metrics).
+"""
+
+from panacea_pl.baselines.collection import (
+    AdapterCollection,
+    BaselineFront,
+    DPSFront,
+    DPSPolicy,
+    RewardedSoupsFront,
+    RewardedSoupsPolicy,
+    load_members,
+    read_adapter_state,
+)
+from panacea_pl.baselines.module import FixedPreferenceDPO
+from panacea_pl.baselines.runner import (
+    BaselineRun,
+    BaselineSettings,
+    Member,
+    run_baseline,
+    run_dps,
+    run_rewarded_soups,
+)
+
+__all__ = [
+    "AdapterCollection",
+    "BaselineFront",
+    "BaselineRun",
+    "BaselineSettings",
+    "DPSFront",
+    "DPSPolicy",
+    "FixedPreferenceDPO",
+    "Member",
+    "RewardedSoupsFront",
+    "RewardedSoupsPolicy",
+    "load_members",
+    "read_adapter_state",
+    "run_baseline",
+    "run_dps",
+    "run_rewarded_soups",
+]

@@ -1,0 +1,205 @@
+"""Prompts in, responses out: one batched `generate` call per chunk, one λ row per sequence.
+
+    prompt_ids = encode_prompts(tokenizer, ["How do I bake bread?"], TokenizationSpec())
+    rows = [ids for _ in grid for ids in prompt_ids]            # prompts × λ, λ-major
+    out = generate_rows(policy, tokenizer, rows, grid.repeat_interleave(len(prompt_ids), 0),
+                        max_rows=64, max_new_tokens=32)
+    out.texts[0]        # decoded prompt + response of the first row (what a scorer reads)
+    out.responses[0]    # the response alone
+
+Prompts come from a list of strings, a JSON-lines file (`load_prompts`), or a datamodule's
+held-out set (`datamodule_prompt_ids`). Generation uses the policy's `generate` with the λ rows
+of each chunk, or its `reference()` (for Panacea: the adapter disabled, i.e. the base model). A
+policy that takes one λ per batch (`per_sample_preference` False: the baselines' collections)
+gets chunks that never mix two λ (give `group_size`, the rows per λ). A response is the generated
+tokens up to the first stop token (the generation config's and the tokenizer's EOS), stop
+excluded. Texts
+are decoded with special tokens kept (a chat template's markers stay) except the prompt's leading
+BOS, and the response text is cut from the decoded prompt + response so that it keeps the space
+that joins it to the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from panacea_pl.data.config import TokenizationSpec
+from panacea_pl.data.tokenize import TextEncoder, pad_token_id
+from panacea_pl.models.policy import PreferencePolicy
+
+
+@dataclass
+class Generations:
+    """The decoded rows of a `generate_rows` call.
+
+    Attributes:
+        prompts: [N] decoded prompt of each row (leading BOS dropped).
+        responses: [N] decoded response of each row (stop token excluded).
+        lengths: [N] response length in tokens.
+    """
+
+    prompts: list[str]
+    responses: list[str]
+    lengths: np.ndarray
+
+    @property
+    def texts(self) -> list[str]:
+        """Prompt + response of each row: what a reward model scores."""
+        return [p + r for p, r in zip(self.prompts, self.responses, strict=True)]
+
+
+def load_prompts(source: Sequence[str] | str | Path, field: str = "prompt") -> list[str]:
+    """A list of prompt strings as given, or the `field` of every line of a JSON-lines file."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file {path} not found (give a .jsonl path or a list)")
+        prompts = []
+        with path.open() as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if field not in row:
+                    raise KeyError(f"{path}:{number} has no {field!r} field (keys: {sorted(row)})")
+                prompts.append(str(row[field]))
+        return prompts
+    return [str(p) for p in source]
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], spec: TokenizationSpec) -> list[list[int]]:
+    """Prompt token ids (template, BOS and left truncation as in training; see `TextEncoder`)."""
+    return TextEncoder(tokenizer, spec).prompts(prompts)[0]
+
+
+def datamodule_prompt_ids(datamodule, limit: int | None) -> list[list[int]]:
+    """The first `limit` distinct prompts of a datamodule's held-out set, as token ids.
+
+    The datamodule is set up first if needed. Its rows carry `prompt_ids` (every
+    `panacea_pl.data` DataModule does), already templated as in training.
+    """
+    if getattr(datamodule, "val_dataset", None) is None:
+        datamodule.setup("validate")
+    table = datamodule.val_dataset
+    if table is None or len(table) == 0 or "prompt_ids" not in table.column_names:
+        raise ValueError(
+            f"{type(datamodule).__name__} has no held-out prompts (`val_dataset` with "
+            "`prompt_ids`); give the evaluator `prompts` instead"
+        )
+    seen: dict[tuple[int, ...], None] = {}
+    for ids in table["prompt_ids"]:
+        seen.setdefault(tuple(ids), None)
+        if limit is not None and len(seen) >= limit:
+            break
+    return [list(ids) for ids in seen]
+
+
+def stop_ids(policy: PreferencePolicy, tokenizer) -> list[int]:
+    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
+    eos = policy.model.generation_config.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_rows(
+    policy: PreferencePolicy,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    preferences: torch.Tensor | None,
+    max_rows: int,
+    group_size: int | None = None,
+    progress: bool = True,
+    desc: str = "generating",
+    **generate_kwargs,
+) -> Generations:
+    """Generate one response per row, at most `max_rows` rows per `generate` call.
+
+    Args:
+        policy: the policy (`PanaceaPolicy`, or any `PreferencePolicy` with `generate`).
+        tokenizer: the policy's tokenizer.
+        prompt_ids: [N] token ids of each row's prompt.
+        preferences: [N, m] the λ of each row, or None to generate with `policy.reference()`.
+        max_rows: most rows in one `generate` call.
+        group_size: rows per λ (consecutive rows share it); with a policy whose
+            `per_sample_preference` is False, chunks end at every group boundary.
+        progress: show a tqdm bar over the chunks.
+        desc: the bar's label.
+        **generate_kwargs: passed to `generate` (`max_new_tokens`, `do_sample`, …).
+    """
+    if preferences is not None and len(preferences) != len(prompt_ids):
+        raise ValueError(f"{len(prompt_ids)} prompt rows but {len(preferences)} preference rows")
+    device = next(policy.model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    stops = stop_ids(policy, tokenizer)
+    generate_kwargs = {"pad_token_id": pad, "eos_token_id": stops or None, **generate_kwargs}
+    per_sample = preferences is None or getattr(policy, "per_sample_preference", True)
+    if not per_sample and group_size is None:
+        raise ValueError("a policy without per-sample λ needs group_size (rows per λ)")
+    chunks = row_chunks(len(prompt_ids), max_rows, None if per_sample else group_size)
+    responses: list[list[int]] = []
+    for start, stop in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        input_ids, attention_mask = _left_pad(prompt_ids[start:stop], pad)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        if preferences is None:
+            with policy.reference():
+                out = policy.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
+                )
+        else:
+            rows = preferences[start:stop].to(device)
+            out = policy.generate(input_ids, attention_mask, preference=rows, **generate_kwargs)
+        responses += [_cut(row, stops) for row in out[:, input_ids.shape[1] :].cpu().tolist()]
+    return _decode(tokenizer, prompt_ids, responses)
+
+
+def row_chunks(total: int, size: int, boundary: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most `size` rows that never cross a multiple of `boundary`."""
+    size = max(1, size)
+    edges = range(0, total, boundary) if boundary else [0]
+    out = []
+    for begin in edges:
+        end = min(begin + boundary, total) if boundary else total
+        out += [(s, min(s + size, end)) for s in range(begin, end, size)]
+    return out
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.as_tensor(list(ids), dtype=torch.long)
+        attention_mask[i, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def _cut(tokens: list[int], stops: Sequence[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return tokens[:i]
+    return tokens
+
+
+def _decode(tokenizer, prompt_ids, responses: list[list[int]]) -> Generations:
+    bos = tokenizer.bos_token_id
+    prompts = [
+        list(p[1:]) if p and bos is not None and p[0] == bos else list(p) for p in prompt_ids
+    ]
+    heads = tokenizer.batch_decode(prompts)
+    fulls = tokenizer.batch_decode([p + r for p, r in zip(prompts, responses, strict=True)])
+    bodies = tokenizer.batch_decode(responses)
+    texts = [
+        full[len(head) :] if full.startswith(head) else body
+        for head, full, body in zip(heads, fulls, bodies, strict=True)
+    ]
+    return Generations(heads, texts, np.array([len(r) for r in responses]))
