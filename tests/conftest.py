@@ -13,8 +13,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import tiny  # noqa: E402
 import torch  # noqa: E402
+
+import tiny  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and immune to a busy second core.
 torch.set_num_threads(1)
