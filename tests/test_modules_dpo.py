@@ -114,6 +114,7 @@ def test_tchebycheff_per_sample_training_runs(tiny_gpt2_dir, tmp_path):
     )
     fit(module, rows, collate, tmp_path, steps=4, enable_checkpointing=False)
     assert torch.isfinite(module.aggregator.ideal_point).all()
+    assert module.hparams["aggregation"] == "Tchebycheff"  # dashboards group runs by it
 
 
 def test_checkpoint_holds_adapter_and_sampler_and_resumes_the_lambda_sequence(

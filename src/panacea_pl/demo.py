@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="panacea-pl demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--max-steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--output", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--data-dir", default=None, help="folder with tinyllamas-stories260k/")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 1 is fastest for a 260K model"
@@ -57,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             "--config", str(config),
             f"--trainer.max_steps={args.max_steps}",
             "--trainer.max_epochs=-1",
-            f"--trainer.default_root_dir={args.output}",
         ]
     )  # fmt: skip
     sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
     _report(sweep, time.perf_counter() - start)
+    print(f"      run folder: {cli.trainer.log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)")
     return 0
 
 

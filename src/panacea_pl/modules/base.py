@@ -59,6 +59,8 @@ class PanaceaModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["policy", "aggregator", "loss", "optimizer", "scheduler"])
         self.policy = policy
         self.aggregator = aggregator if aggregator is not None else LinearScalarization()
+        # logged with the hyperparameters, so dashboards can group runs by scheme
+        self.hparams["aggregation"] = type(self.aggregator).__name__
         self.per_sample_preference = per_sample_preference
         self.orthogonality_weight = orthogonality_weight
         self.optimizer_factory = optimizer
