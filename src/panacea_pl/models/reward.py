@@ -50,6 +50,7 @@ class VectorRewardModel(nn.Module):
         self.model_name_or_path = model_name_or_path
         self.dimension_names = list(dimension_names)
         self.backbone = AutoModel.from_pretrained(model_name_or_path, dtype=getattr(torch, dtype))
+        self.backbone.train()  # from_pretrained returns eval mode; the Trainer decides the mode
         hidden = self.backbone.config.hidden_size
         self.score_head = nn.Linear(hidden, len(self.dimension_names))
         self.cost_head = nn.Linear(hidden, 1) if cost_head else None
