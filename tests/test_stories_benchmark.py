@@ -130,7 +130,11 @@ def test_more_dimensions_reuse_the_samples(bench, shared_data, monkeypatch):
     three = StoriesBenchmark(shared_data, bench.cache_dir, num_dimensions=3, **SMALL)
     rows = [json.loads(line) for line in three.pairs_path.read_text().splitlines()]
     two = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
-    assert [r["happy"] for r in rows] == [r["happy"] for r in two]  # same labels per dimension
+    # Pairs are chosen for the m dimensions at hand (those that differ in more of them first),
+    # so m = 3 labels its own pairs, drawn from the same sampled responses.
+    texts = set(bench.samples.texts[bench.samples.for_pairs].tolist())
+    assert all(r["response_a"] in texts and r["response_b"] in texts for r in rows)
+    assert len(rows) == len(two) and set(rows[0]) == set(two[0]) | {"nature"}
     assert three.optimal_front().objectives.shape == (28, 3)
 
 

@@ -38,6 +38,22 @@ def test_pairs_are_distinct_and_within_a_prompt():
     assert len({tuple(sorted(p)) for p in pairs.tolist()}) == len(pairs)
 
 
+def test_pairs_that_differ_in_more_dimensions_come_first():
+    # 4 responses to one prompt. Dimensions in which each pair differs:
+    # (0,1): 1  (0,2): 0  (0,3): 2  (1,2): 1  (1,3): 1  (2,3): 2
+    rewards = np.array([[0.1, 0.0], [0.0, 0.0], [0.1, 0.0], [0.0, 0.2]])
+    prompt_index = np.zeros(4, dtype=int)
+    pairs = choose_pairs(prompt_index, pairs_per_prompt=5, seed=0, rewards=rewards)
+    unordered = [tuple(sorted(p)) for p in pairs.tolist()]
+    assert set(unordered[:2]) == {(0, 3), (2, 3)}  # both dimensions differ
+    assert set(unordered[2:]) == {(0, 1), (1, 2), (1, 3)}  # one differs
+    assert (0, 2) not in unordered  # ties in both: left out while others remain
+    # without rewards the choice is uniform, as before the argument existed
+    np.testing.assert_array_equal(
+        choose_pairs(prompt_index, 3, seed=0), choose_pairs(prompt_index, 3, seed=0, rewards=None)
+    )
+
+
 def test_write_pairs(tmp_path):
     path = write_pairs(tmp_path / "p.jsonl", ["P"], ["a"], ["b"], np.array([[1, -1]]), ["x", "y"])
     assert json.loads(path.read_text()) == {

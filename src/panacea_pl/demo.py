@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark, default_data_dir
 from panacea_pl.callbacks import ParetoSweep
@@ -28,10 +29,19 @@ def _find_config(path: Path) -> Path:
     raise FileNotFoundError(f"demo config {path} not found; run from the repository root")
 
 
+def _schedule_length(config: Path, steps: int) -> list[str]:
+    """Make a scheduler's `total_steps` (OneCycleLR) the step budget: it refuses to step past it."""
+    model = yaml.safe_load(config.read_text()).get("model") or {}
+    scheduler = (model.get("init_args") or {}).get("scheduler") or {}
+    if "total_steps" in (scheduler.get("init_args") or {}):
+        return [f"--model.init_args.scheduler.init_args.total_steps={steps}"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="panacea-pl demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--max-steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--max-steps", type=int, default=400, help="training steps (default 400)")
     parser.add_argument("--data-dir", default=None, help="folder with tinyllamas-stories260k/")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 1 is fastest for a 260K model"
@@ -56,11 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             "--config", str(config),
             f"--trainer.max_steps={args.max_steps}",
             "--trainer.max_epochs=-1",
+            *_schedule_length(config, args.max_steps),
         ]
     )  # fmt: skip
     sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
     _report(sweep, time.perf_counter() - start)
-    print(f"      run folder: {cli.trainer.log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)")
+    print(
+        f"      run folder: {cli.trainer.log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)"
+    )
     return 0
 
 

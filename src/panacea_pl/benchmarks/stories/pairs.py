@@ -1,6 +1,6 @@
 """Preference pairs labelled per dimension by Bradley–Terry, written in the `generic` schema.
 
-    index = choose_pairs(prompt_index, pairs_per_prompt=256, seed=0)          # [K, 2]
+    index = choose_pairs(prompt_index, pairs_per_prompt=1024, seed=0, rewards=rewards)  # [K, 2]
     labels = bradley_terry_labels(rewards[index[:, 0]], rewards[index[:, 1]], temperature=0.04)
     write_pairs(path, prompts, texts_a, texts_b, labels, ["happy", "sad"])
 
@@ -8,7 +8,17 @@ Each row of the file is `{"prompt", "response_a", "response_b", "<dimension>": 1
 for dimension i, response_a is preferred with probability σ((r_i(a) − r_i(b)) / τ) (label 1,
 else -1). Labels are drawn, not thresholded, so the DPO population optimum is exactly the tilt
 derived in `benchmark.py` (β_eff = β·τ). Every dimension has its own random stream, so the labels
-of dimension i do not depend on how many dimensions are written. Read the file with the data
+of dimension i do not depend on how many dimensions are written.
+
+Which pairs are labelled does not move that optimum: the tilted policy sets every pair's margin
+to its Bradley–Terry log-odds, so it minimises the expected DPO loss of each pair, whatever pairs
+are drawn (inside the simplex, the λ-weighted sum of DPO losses keeps its first-order mismatch
+either way: about 5e-4 of regret at τ = 0.04, m = 2, for uniform and for this choice alike). It
+does change how much a pair teaches. A pair whose responses score the same in dimension i (most
+often: neither has a word of the family) gets a coin-flip label there, pure noise for the
+gradient; for the sparse families (sad words: 77 % of the base model's stories have none) that
+is most pairs. So, given the rewards, `choose_pairs` takes the pairs that differ in the most
+dimensions first (for m = 2: in both, while there are enough). Read the file with the data
 layer's `generic` schema, one `DimensionSpec(name, source=…, field=name)` per dimension.
 """
 
@@ -23,13 +33,21 @@ import numpy as np
 from panacea_pl.benchmarks.stories.cache import atomic_write
 
 
-def choose_pairs(prompt_index: np.ndarray, pairs_per_prompt: int, seed: int) -> np.ndarray:
+def choose_pairs(
+    prompt_index: np.ndarray,
+    pairs_per_prompt: int,
+    seed: int,
+    rewards: np.ndarray | None = None,
+) -> np.ndarray:
     """Pick up to `pairs_per_prompt` distinct unordered pairs of responses to the same prompt.
 
     Args:
         prompt_index: [N] the prompt of each candidate response.
         pairs_per_prompt: pairs per prompt (fewer when a prompt has fewer distinct pairs).
         seed: seed of the choice and of the a/b order.
+        rewards: [N, m] rewards of the candidates. If given, pairs that differ in more of the m
+            dimensions are taken first (at random among pairs that differ in equally many);
+            if None, pairs are drawn uniformly.
 
     Returns:
         [K, 2] indices into the N responses: (a, b) per pair, grouped by prompt.
@@ -39,7 +57,13 @@ def choose_pairs(prompt_index: np.ndarray, pairs_per_prompt: int, seed: int) -> 
     for p in np.unique(prompt_index):
         members = np.flatnonzero(prompt_index == p)
         i, j = np.triu_indices(len(members), k=1)
-        pick = rng.choice(len(i), size=min(pairs_per_prompt, len(i)), replace=False)
+        size = min(pairs_per_prompt, len(i))
+        if rewards is None:
+            pick = rng.choice(len(i), size=size, replace=False)
+        else:
+            r = np.asarray(rewards)[members].reshape(len(members), -1)
+            differing = (r[i] != r[j]).sum(1)
+            pick = np.lexsort((rng.random(len(i)), -differing))[:size]
         pairs = np.stack([members[i[pick]], members[j[pick]]], axis=1)
         swap = rng.random(len(pairs)) < 0.5
         pairs[swap] = pairs[swap, ::-1]
