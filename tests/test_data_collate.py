@@ -58,7 +58,7 @@ def test_preference_batch_layout_and_masks_decode_to_the_texts(tok, pku_pairs):
         T,
     )
     assert batch["response_mask"].dtype == torch.bool and batch["response_mask"].shape == (2 * B, T)
-    assert batch["labels"].shape == (B, 2) and batch["labels"].dtype == torch.long
+    assert batch["labels"].shape == (B, 2) and batch["labels"].dtype == torch.float32
     assert batch["labels"].tolist() == [r["labels"] for r in rows]
     assert batch["is_safe"].tolist() == [r["is_safe_a"] for r in rows] + [
         r["is_safe_b"] for r in rows

@@ -127,7 +127,7 @@ def test_generic_and_rating_labels_outside_their_domain(tmp_path, hf_cache):
     dims = bind_dimensions([spec], [DimensionSpec(name="pos", source="g", field="pos")])["g"]
     with pytest.raises(DataError) as err:
         pair_records(spec, dims, 1, cache_dir=hf_cache)
-    assert "row 1, field 'pos': expected a preference label 1" in assert_clean(err)
+    assert "row 1, field 'pos': expected a preference label in [-1, 1]" in assert_clean(err)
 
     path = jsonl(tmp_path / "h.jsonl", [
         {"prompt": "p", "response": "a", "helpfulness": 3},

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from panacea_pl.data import (
+    DataError,
     DimensionSpec,
     SourceSpec,
     TokenizationSpec,
@@ -352,6 +353,24 @@ def test_generic_schema_labels_nulls_and_safety(tmp_path, hf_cache):
     assert table["prompt"] == ["p1", "p2", "p4"]
     assert report.dropped == {"pairs unlabelled or tied in every dimension": 1}
     assert set(table["is_safe_a"]) == {-1}
+
+
+def test_generic_schema_soft_labels_and_bad_labels(tmp_path, hf_cache):
+    rows = [
+        {"prompt": "p1", "response_a": "a", "response_b": "b", "pos": 0.5},
+        {"prompt": "p2", "response_a": "a", "response_b": "b", "pos": -0.25},
+        {"prompt": "p3", "response_a": "a", "response_b": "b", "pos": 1.5},
+        {"prompt": "p4", "response_a": "a", "response_b": "b", "pos": "high"},
+    ]
+    path = tmp_path / "soft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dims = [DimensionSpec(name="positive", source="stories", field="pos")]
+    spec = SourceSpec(name="stories", schema="generic", path=str(path))
+    with pytest.raises(DataError, match=r"row 2.*field 'pos'.*in \[-1, 1\].*got 1.5"):
+        pairs([spec], dims, hf_cache)
+    table, report = pairs([spec], dims, hf_cache, on_bad_row="skip")
+    assert table["labels"] == [[0.5], [-0.25]]
+    assert sum(report.skipped.values()) == 2
 
 
 def test_sft_schema_and_sft_from_pairs(tmp_path, shared_data, hf_cache):

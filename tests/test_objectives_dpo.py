@@ -61,6 +61,42 @@ def test_label_smoothing():
     assert out.losses[0, 0].item() == pytest.approx(0.618139, abs=1e-6)
 
 
+def test_soft_labels_hand_computed():
+    soft = torch.tensor([[0.5, -0.2], [0.0, 1.0]])
+    out = MultiObjectiveDPOLoss(beta=0.1)(POLICY, REFERENCE, soft)
+    # pair 0, dim 0: p = 0.75, βh = 0.2: 0.75·log(1 + e^{-0.2}) + 0.25·log(1 + e^{0.2})
+    #              = 0.75 · 0.598139 + 0.25 · 0.798139 = 0.448604 + 0.199535 = 0.648139
+    # pair 0, dim 1: p = 0.4:  0.4 · 0.598139 + 0.6 · 0.798139 = 0.239256 + 0.478883 = 0.718139
+    # pair 1, dim 0: y = 0 → unlabelled; dim 1: p = 1, βh = −0.1: log(1 + e^{0.1}) = 0.744397
+    expected = torch.tensor([[0.648139, 0.718139], [0.0, 0.744397]])
+    torch.testing.assert_close(out.losses, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.mask, torch.tensor([[True, True], [False, True]]))
+    # margins carry the sign of the label: dim 1 of pair 0 prefers b, βh = 0.2 → −0.2
+    torch.testing.assert_close(out.margins, torch.tensor([[0.2, -0.2], [0.0, -0.1]]))
+    # hard labels through the soft formula give plain DPO
+    hard = MultiObjectiveDPOLoss(beta=0.1)(POLICY, REFERENCE, LABELS.float())
+    assert hard.losses[0, 0].item() == pytest.approx(0.598139, abs=1e-6)
+
+
+def test_soft_label_minimiser_is_the_label_probability():
+    # the loss in h is minimised where σ(βh) = p: gradient zero there
+    for y in (-0.6, 0.3, 0.9):
+        p = (1 + y) / 2
+        h = torch.tensor(math.log(p / (1 - p)) / 0.1, requires_grad=True)
+        policy = torch.stack([h, torch.tensor(0.0)])
+        loss = MultiObjectiveDPOLoss(beta=0.1)(policy, torch.zeros(2), torch.tensor([[y]]))
+        loss.losses.sum().backward()
+        assert abs(h.grad.item()) < 1e-6
+
+
+def test_ipo_soft_target():
+    out = MultiObjectiveDPOLoss(beta=0.1, loss_type="ipo")(
+        POLICY, REFERENCE, torch.tensor([[0.5]] * 2)
+    )
+    # target h = y/(2β) = 2.5: pair 0 (2 − 2.5)² = 0.25, pair 1 (−1 − 2.5)² = 12.25
+    torch.testing.assert_close(out.losses, torch.tensor([[0.25], [12.25]]))
+
+
 def test_ipo_loss_hand_computed():
     out = MultiObjectiveDPOLoss(beta=0.1, loss_type="ipo")(POLICY, REFERENCE, LABELS)
     # 1/(2β) = 5;  (h_i − 5)²: pair 0: (2 − 5)² = 9, (−2 − 5)² = 49;  pair 1: (1 − 5)² = 16
@@ -81,5 +117,9 @@ def test_errors():
         MultiObjectiveDPOLoss()(POLICY[:3], REFERENCE[:3], LABELS)
     with pytest.raises(ValueError, match="labels must have shape"):
         MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match=r"labels\[1, 0\] = 1.5: expected a label in \[-1, 1\]"):
+        MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([[1.0, 0.0], [1.5, 0.0]]))
+    with pytest.raises(ValueError, match=r"labels\[0, 1\] = nan"):
+        MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([[1.0, float("nan")], [1, 0]]))
     with pytest.raises(ValueError, match="sigmoid loss only"):
         MultiObjectiveDPOLoss(loss_type="ipo", label_smoothing=0.1)

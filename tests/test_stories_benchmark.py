@@ -84,14 +84,26 @@ def test_pairs_load_through_the_data_layer(bench, tmp_path):
     assert len(table) == 4 * 32
 
 
-def test_labels_follow_bradley_terry(bench):
+def _happy_labels(bench):
     rows = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
     scorer = bench.scorers[0]
     margin = np.array([scorer(r["response_a"]) - scorer(r["response_b"]) for r in rows])
-    label = np.array([r["happy"] for r in rows])
-    expected = 1 / (1 + np.exp(-margin / bench.label_temperature))
+    label = np.array([r["happy"] for r in rows], dtype=float)
+    return label, 1 / (1 + np.exp(-margin / bench.label_temperature))
+
+
+def test_soft_labels_are_the_bradley_terry_probability(bench):
+    label, expected = _happy_labels(bench)
+    assert bench.soft_labels and len(np.unique(label)) > 2
+    np.testing.assert_allclose((1 + label) / 2, expected, atol=1e-6)
+
+
+def test_hard_labels_are_drawn_from_bradley_terry(shared_data, cache_dir):
+    hard = StoriesBenchmark(shared_data, cache_dir, num_dimensions=2, soft_labels=False, **SMALL)
+    label, expected = _happy_labels(hard)
+    assert set(np.unique(label)) == {-1.0, 1.0}
     # mean of Bernoulli(p) labels vs mean p: 4 standard errors
-    se = np.sqrt((expected * (1 - expected)).sum()) / len(rows)
+    se = np.sqrt((expected * (1 - expected)).sum()) / len(label)
     assert abs((label == 1).mean() - expected.mean()) < 4 * se
 
 

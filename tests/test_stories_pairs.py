@@ -19,6 +19,13 @@ def test_label_frequencies_follow_the_bradley_terry_probability():
     np.testing.assert_allclose(frequency, 1 / (1 + np.exp(-margins / 0.05)), atol=0.01)
 
 
+def test_soft_labels_are_two_p_minus_one_and_ties_are_zero():
+    a = np.array([[0.1, 0.0], [0.0, 0.0], [-0.05, 0.2]])
+    soft = bradley_terry_labels(a, np.zeros_like(a), temperature=0.05, soft=True)
+    np.testing.assert_allclose(soft, 2 / (1 + np.exp(-a / 0.05)) - 1)
+    assert soft[1, 0] == 0 and soft[0, 1] == 0  # a tie: no preference, read as unlabelled
+
+
 def test_each_dimension_has_its_own_stream():
     rng = np.random.default_rng(0)
     a, b = rng.random((100, 3)), rng.random((100, 3))

@@ -10,7 +10,7 @@ Batch layouts (the contract other modules code against):
 - preference pairs (B pairs): `input_ids` Long [2B, T] right-padded, `attention_mask` Long
   [2B, T], `response_mask` Bool [2B, T] (True at the response tokens incl. EOS — the targets whose
   log-probs count; position t is predicted by the logits at t-1, and t = 0 is never True),
-  `labels` Long [B, m] in {+1, -1, 0}, `is_safe` Long [2B] in {1, 0, -1}. Each pair is one row
+  `labels` Float [B, m] in [-1, 1] (+1 a preferred, -1 b, 0 unlabelled, soft in between), `is_safe` Long [2B] in {1, 0, -1}. Each pair is one row
   pair however many dimensions label it.
 - SFT (N sequences): `input_ids`, `attention_mask`, `response_mask` as above, `dimension` Long [N].
 - prompts (B prompts): `input_ids` Long [B, T] LEFT-padded, `attention_mask` Long [B, T],
@@ -80,7 +80,7 @@ class PreferenceCollator:
         batch = pad_sequences(
             prompts + prompts, responses, self.pad_token_id, self.pad_to_multiple_of
         )
-        batch["labels"] = torch.as_tensor([r["labels"] for r in rows], dtype=torch.long)
+        batch["labels"] = torch.as_tensor([r["labels"] for r in rows], dtype=torch.float32)
         batch["is_safe"] = torch.as_tensor(
             [r["is_safe_a"] for r in rows] + [r["is_safe_b"] for r in rows], dtype=torch.long
         )

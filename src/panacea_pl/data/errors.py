@@ -141,16 +141,24 @@ def require_choice(value: Any, field: str, choices: Sequence[int], what: str) ->
     return number
 
 
-def optional_label(value: Any, field: str) -> int:
-    """A generic preference label: 1 (a preferred), -1 (b preferred), 0 or null (unlabelled)."""
+def optional_label(value: Any, field: str) -> float:
+    """A generic preference label in [-1, 1]: 1 (a preferred), -1 (b preferred), 0 or null
+    (unlabelled), or a soft label 2·P(a ≻ b) − 1 in between (e.g. 0.5: a preferred 75 % of the
+    time)."""
     if value is None:
-        return 0
-    number = _as_int(value)
-    if number is None or number not in (1, -1, 0):
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        number = None
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not -1.0 <= number <= 1.0:
         raise BadValue(
             field,
-            "a preference label 1 (response_a preferred), -1 (response_b preferred), 0 or null "
-            "(unlabelled)",
+            "a preference label in [-1, 1]: 1 (response_a preferred), -1 (response_b "
+            "preferred), a soft label 2·P(a preferred) − 1 in between, 0 or null (unlabelled)",
             value,
             "label outside its domain",
         )

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
-from panacea_pl.objectives.outputs import PairwiseLosses, check_pair_labels
+from panacea_pl.objectives.outputs import PairwiseLosses, check_pair_labels, soft_logistic_loss
 
 
 class MultiObjectiveDPOLoss(nn.Module):
     """DPO (Rafailov et al., 2023) per dimension, each on the pairs labelled in that dimension.
 
-    For a pair (a, b) and dimension i with label y_i (+1: a preferred, −1: b preferred), let
+    For a pair (a, b) and dimension i with label y_i ∈ [−1, 1] (+1: a preferred, −1: b
+    preferred, in between: soft, P(a ≻ b) = p_i = (1 + y_i) / 2), let
 
-        h   = [log π(a) − log π_ref(a)] − [log π(b) − log π_ref(b)]
-        h_i = y_i · h          (log-ratio of the preferred response over the other)
+        h = [log π(a) − log π_ref(a)] − [log π(b) − log π_ref(b)]
 
     and the loss of the pair in dimension i is
 
-        sigmoid:  −(1 − ε) · log σ(β h_i) − ε · log σ(−β h_i)     (ε = label_smoothing; cDPO)
-        ipo:      (h_i − 1/(2β))²                                 (Azar et al., 2023)
+        sigmoid:  −p_i · log σ(β h) − (1 − p_i) · log σ(−β h)   (p_i smoothed by ε: cDPO)
+        ipo:      (h − y_i / (2β))²                              (Azar et al., 2023)
 
-    With one dimension, or a label row with a single non-zero entry, this is plain DPO. IPO is
+    With hard labels the sigmoid loss is −log σ(β y_i h), plain DPO; with one dimension, or a
+    label row with a single non-zero entry, this is plain DPO. Soft labels (Bradley–Terry
+    probabilities of a known reward) give the same optimum with far less label noise. IPO is
     usually run on length-averaged log-probabilities; pass those as the log-probs if so.
 
     Args:
@@ -65,11 +67,12 @@ class MultiObjectiveDPOLoss(nn.Module):
             policy_logps: [2B] sequence log-probs under the policy; rows 0..B−1 are the responses
                 a of the pairs, rows B..2B−1 the responses b.
             reference_logps: [2B] the same under the reference.
-            labels: [B, m] +1 (a preferred), −1 (b preferred) or 0 (unlabelled).
+            labels: [B, m] +1 (a preferred), −1 (b preferred), 0 (unlabelled) or soft in between.
 
         Returns:
             `PairwiseLosses` with losses [B, m] (0 where unlabelled), mask [B, m] and margins
-            [B, m] = β·h_i, the implicit reward of the preferred response minus the other's.
+            [B, m] = β·sign(y_i)·h, the implicit reward of the preferred response minus the
+            other's.
         """
         if (
             policy_logps.dim() != 1
@@ -82,16 +85,15 @@ class MultiObjectiveDPOLoss(nn.Module):
             )
         logratios = policy_logps - reference_logps
         batch = logratios.shape[0] // 2
-        signs = check_pair_labels(labels, batch).to(logratios)
-        h = signs * (logratios[:batch] - logratios[batch:])[:, None]
+        y = check_pair_labels(labels, batch).to(logratios)
+        h = (logratios[:batch] - logratios[batch:])[:, None].expand_as(y)
         if self.loss_type == "sigmoid":
-            eps = self.label_smoothing
-            losses = -(1 - eps) * F.logsigmoid(self.beta * h) - eps * F.logsigmoid(-self.beta * h)
+            losses = soft_logistic_loss(self.beta * h, y, self.label_smoothing)
         else:
-            losses = (h - 1 / (2 * self.beta)) ** 2
-        mask = signs != 0
+            losses = (h - y / (2 * self.beta)) ** 2
+        mask = y != 0
         return PairwiseLosses(
             losses=losses.masked_fill(~mask, 0.0),
             mask=mask,
-            margins=(self.beta * h).detach(),
+            margins=(self.beta * torch.sign(y) * h).detach(),
         )

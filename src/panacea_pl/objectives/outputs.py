@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -101,10 +102,35 @@ class CostLosses:
 
 
 def check_pair_labels(labels: Tensor, batch_size: int, name: str = "labels") -> Tensor:
-    """Check labels [B, m] in {+1, −1, 0}-sign form and return their sign as a float tensor."""
+    """Check labels [B, m] in [-1, 1] and return them as a float tensor.
+
+    +1: a preferred, −1: b preferred, 0: unlabelled; a value y in between is a soft label, the
+    probability P(a ≻ b) = (1 + y) / 2 (e.g. Bradley–Terry probabilities of a known reward).
+    """
     if labels.dim() != 2 or labels.shape[0] != batch_size:
         raise ValueError(
             f"{name} must have shape [{batch_size}, m] (one column per preference dimension: "
             f"+1 a preferred, −1 b preferred, 0 unlabelled), got {list(labels.shape)}"
         )
-    return torch.sign(labels.float())
+    values = labels.float()
+    bad = ~torch.isfinite(values) | (values.abs() > 1)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}[{row}, {col}] = {labels[row, col].item()}: expected a label in [-1, 1] "
+            "(+1 a preferred, −1 b preferred, 0 unlabelled, soft labels in between)"
+        )
+    return values
+
+
+def soft_logistic_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of σ(logits) against the target P(a ≻ b) = (1 + labels) / 2, elementwise:
+
+        −p · log σ(z) − (1 − p) · log σ(−z),   p = (1 − ε) · (1 + y) / 2 + ε · (1 − y) / 2
+
+    With hard labels y = ±1 this is −log σ(±z) (smoothed by ε as in cDPO); with a soft y it is the
+    loss whose minimiser sets σ(z) = p, the Bradley–Terry probability itself.
+    """
+    p = (1 + labels) / 2
+    p = (1 - label_smoothing) * p + label_smoothing * (1 - p)
+    return -p * F.logsigmoid(logits) - (1 - p) * F.logsigmoid(-logits)

@@ -12,13 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from panacea_pl.objectives.outputs import CostLosses, PairwiseLosses, check_pair_labels
+from panacea_pl.objectives.outputs import (
+    CostLosses,
+    PairwiseLosses,
+    check_pair_labels,
+    soft_logistic_loss,
+)
 
 
 class BradleyTerryLoss(nn.Module):
     """Bradley–Terry loss per dimension:  −log σ(y_i · (r_i(a) − r_i(b))).
 
     y_i = +1 when a is preferred in dimension i, −1 when b is; pairs with y_i = 0 are skipped.
+    A soft label y_i in between is the target P(a ≻ b) = (1 + y_i) / 2 (cross-entropy).
     """
 
     def forward(self, scores_a: Tensor, scores_b: Tensor, labels: Tensor) -> PairwiseLosses:
@@ -27,27 +33,27 @@ class BradleyTerryLoss(nn.Module):
         Args:
             scores_a: [B, m] scores of the responses a, one column per dimension.
             scores_b: [B, m] scores of the responses b.
-            labels: [B, m] +1 (a preferred), −1 (b preferred) or 0 (unlabelled).
+            labels: [B, m] +1 (a preferred), −1 (b preferred), 0 (unlabelled) or soft in between.
 
         Returns:
-            `PairwiseLosses` with losses, mask and margins y_i · (r_i(a) − r_i(b)), all [B, m].
+            `PairwiseLosses` with losses, mask and margins sign(y_i)·(r_i(a) − r_i(b)), [B, m].
         """
         if scores_a.shape != scores_b.shape or scores_a.dim() != 2:
             raise ValueError(
                 "scores_a and scores_b must both have shape [B, m], got "
                 f"{list(scores_a.shape)} and {list(scores_b.shape)}"
             )
-        signs = check_pair_labels(labels, scores_a.shape[0]).to(scores_a)
-        if signs.shape != scores_a.shape:
+        y = check_pair_labels(labels, scores_a.shape[0]).to(scores_a)
+        if y.shape != scores_a.shape:
             raise ValueError(
                 f"labels {list(labels.shape)} do not match scores {list(scores_a.shape)}"
             )
-        margins = signs * (scores_a - scores_b)
-        mask = signs != 0
+        difference = scores_a - scores_b
+        mask = y != 0
         return PairwiseLosses(
-            losses=(-F.logsigmoid(margins)).masked_fill(~mask, 0.0),
+            losses=soft_logistic_loss(difference, y).masked_fill(~mask, 0.0),
             mask=mask,
-            margins=margins.detach(),
+            margins=(torch.sign(y) * difference).detach(),
         )
 
 
@@ -72,7 +78,7 @@ class SafetyCostLoss(nn.Module):
         Args:
             cost_a: [B] costs of the responses a.
             cost_b: [B] costs of the responses b.
-            harmless: [B] +1 (a is safer), −1 (b is safer) or 0 (unknown).
+            harmless: [B] +1 (a is safer), −1 (b is safer) or 0 (unknown); only its sign is used.
             is_safe: [2B] safety of responses a (rows 0..B−1) then b (rows B..2B−1):
                 1 safe, 0 unsafe, −1 unknown.
 

@@ -16,7 +16,8 @@ prompt gets `pair_responses_per_prompt` responses for the pairs and, separately,
 `reference_samples_per_prompt` for the optimum.
 
 **Which optimum DPO targets.** Labels follow Bradley–Terry at temperature τ:
-p(a ≻ b) = σ((r(a) − r(b)) / τ). DPO models the same probability as σ(β·h(a) − β·h(b)) with
+p(a ≻ b) = σ((r(a) − r(b)) / τ), written as that probability (soft labels, the default) or drawn
+from it (`soft_labels=False`). DPO models the same probability as σ(β·h(a) − β·h(b)) with
 h = log π/π_ref, so at its population optimum β·h(y) = r(y)/τ + c(x), i.e.
 π(y|x) ∝ π_ref(y|x) exp(r(y) / (β·τ)): the maximiser of E[r] − β_eff·KL(π‖π_ref) with
 β_eff = β·τ. With the m dimensions weighted by λ the benchmark's optimum is
@@ -132,6 +133,8 @@ class StoriesBenchmark:
         pairs_per_prompt: labelled pairs per prompt (distinct unordered pairs of its responses).
         max_new_tokens: response budget of every sample (reference, pairs and evaluation).
         label_temperature: τ of the Bradley–Terry labels.
+        soft_labels: write the Bradley–Terry probability (as 2p − 1) instead of a label drawn
+            from it; same optimum, no sampling noise (see `pairs`).
         beta: the DPO β the optimum is computed for (β_eff = beta · label_temperature).
         batch_size: rows per `generate` call.
         num_threads: torch threads while sampling (1 is fastest for this tiny model; None leaves
@@ -152,6 +155,7 @@ class StoriesBenchmark:
         pairs_per_prompt: int = 1024,
         max_new_tokens: int = 48,
         label_temperature: float = 0.04,
+        soft_labels: bool = True,
         beta: float = 1.25,
         batch_size: int = 512,
         num_threads: int | None = 1,
@@ -169,6 +173,7 @@ class StoriesBenchmark:
         self.pairs_per_prompt = pairs_per_prompt
         self.max_new_tokens = max_new_tokens
         self.label_temperature = label_temperature
+        self.soft_labels = soft_labels
         self.beta = beta
         self.batch_size = batch_size
         self.num_threads = num_threads
@@ -266,6 +271,7 @@ class StoriesBenchmark:
                 "tau": self.label_temperature,
                 "pairs_per_prompt": self.pairs_per_prompt,
                 "choice": "most-differing-dimensions-first",
+                "soft": self.soft_labels,
             }
         )
         path = self.cache_dir / f"pairs-{key}.jsonl"
@@ -359,7 +365,11 @@ class StoriesBenchmark:
         )
         a, b = candidates[chosen[:, 0]], candidates[chosen[:, 1]]
         labels = bradley_terry_labels(
-            samples.rewards[a, :m], samples.rewards[b, :m], self.label_temperature, self.seed
+            samples.rewards[a, :m],
+            samples.rewards[b, :m],
+            self.label_temperature,
+            self.seed,
+            soft=self.soft_labels,
         )
         prompts = [self.prompts[i] for i in samples.prompt_index[a]]
         texts = samples.texts.tolist()

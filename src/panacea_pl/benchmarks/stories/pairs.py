@@ -1,14 +1,19 @@
 """Preference pairs labelled per dimension by Bradley–Terry, written in the `generic` schema.
 
     index = choose_pairs(prompt_index, pairs_per_prompt=1024, seed=0, rewards=rewards)  # [K, 2]
-    labels = bradley_terry_labels(rewards[index[:, 0]], rewards[index[:, 1]], temperature=0.04)
+    labels = bradley_terry_labels(rewards[index[:, 0]], rewards[index[:, 1]], temperature=0.04,
+                                  soft=True)
     write_pairs(path, prompts, texts_a, texts_b, labels, ["happy", "sad"])
 
-Each row of the file is `{"prompt", "response_a", "response_b", "<dimension>": 1 | -1}`:
-for dimension i, response_a is preferred with probability σ((r_i(a) − r_i(b)) / τ) (label 1,
-else -1). Labels are drawn, not thresholded, so the DPO population optimum is exactly the tilt
-derived in `benchmark.py` (β_eff = β·τ). Every dimension has its own random stream, so the labels
-of dimension i do not depend on how many dimensions are written.
+Each row of the file is `{"prompt", "response_a", "response_b", "<dimension>": label}`: for
+dimension i, response_a is preferred with probability p_i = σ((r_i(a) − r_i(b)) / τ). Hard labels
+are drawn from it (1 with probability p_i, else -1), not thresholded, so the DPO population
+optimum is exactly the tilt derived in `benchmark.py` (β_eff = β·τ); every dimension has its own
+random stream, so the labels of dimension i do not depend on how many dimensions are written.
+Soft labels write p_i itself as 2·p_i − 1: the same population optimum (the soft DPO loss is the
+expectation of the hard one over the draw) without the sampling noise of the draw, which is most
+of what a finite set of pairs teaches wrong. A tie (p_i = 1/2) is label 0, which the data layer
+reads as unlabelled.
 
 Which pairs are labelled does not move that optimum: the tilted policy sets every pair's margin
 to its Bradley–Terry log-odds, so it minimises the expected DPO loss of each pair, whatever pairs
@@ -72,20 +77,27 @@ def choose_pairs(
 
 
 def bradley_terry_labels(
-    rewards_a: np.ndarray, rewards_b: np.ndarray, temperature: float, seed: int = 0
+    rewards_a: np.ndarray,
+    rewards_b: np.ndarray,
+    temperature: float,
+    seed: int = 0,
+    soft: bool = False,
 ) -> np.ndarray:
-    """Labels [K, m] in {1, -1}: 1 with probability σ((r_a − r_b) / temperature) per dimension.
+    """Labels [K, m] of the Bradley–Terry model p = σ((r_a − r_b) / temperature) per dimension.
 
     Args:
         rewards_a: [K, m] rewards of response a.
         rewards_b: [K, m] rewards of response b.
         temperature: τ > 0 of the Bradley–Terry model.
-        seed: dimension i draws from `np.random.default_rng([seed, i])`.
+        seed: dimension i draws from `np.random.default_rng([seed, i])` (hard labels only).
+        soft: return 2p − 1 ∈ (−1, 1) (float) instead of a draw: 1 with probability p, else −1.
     """
     if not temperature > 0:
         raise ValueError(f"the Bradley-Terry temperature must be positive, got {temperature}")
     margin = (np.asarray(rewards_a, np.float64) - np.asarray(rewards_b, np.float64)) / temperature
     prob_a = 1.0 / (1.0 + np.exp(-margin))
+    if soft:
+        return 2.0 * prob_a - 1.0
     draws = np.stack(
         [np.random.default_rng([seed, i]).random(len(margin)) for i in range(margin.shape[1])], 1
     ).reshape(margin.shape)
@@ -106,7 +118,12 @@ def write_pairs(
         with tmp.open("w", encoding="utf-8") as f:
             for prompt, a, b, row in zip(prompts, responses_a, responses_b, labels, strict=True):
                 record = {"prompt": prompt, "response_a": a, "response_b": b}
-                record |= {name: int(v) for name, v in zip(dimension_names, row, strict=True)}
+                record |= {name: _label(v) for name, v in zip(dimension_names, row, strict=True)}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     return atomic_write(Path(path), write)
+
+
+def _label(value: float) -> int | float:
+    """A hard label as an int, a soft one as a float rounded to 6 decimals (JSON-friendly)."""
+    return int(value) if float(value).is_integer() else round(float(value), 6)

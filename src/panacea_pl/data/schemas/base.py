@@ -6,8 +6,10 @@
     register_schema("my_schema", MySchema())
 
 Canonical pair record (one `datasets` row; every pair schema produces exactly these fields):
-`prompt: str, response_a: str, response_b: str, labels: list[int]` (one per configured
-dimension, in configured order: +1 = a preferred, -1 = b preferred, 0 = unlabelled or tied),
+`prompt: str, response_a: str, response_b: str, labels: list[float]` (one per configured
+dimension, in configured order: +1 = a preferred, -1 = b preferred, 0 = unlabelled or tied;
+a value in between is a soft label 2·P(a ≻ b) − 1, which the losses use as the target
+probability),
 `is_safe_a: int, is_safe_b: int` (1 safe, 0 unsafe, -1 unknown), `source: str`.
 
 SFT record: `prompt: str, target: str, dimension: int` (index of the dimension the target
@@ -31,7 +33,7 @@ PAIR_FEATURES = datasets.Features(
         "prompt": datasets.Value("string"),
         "response_a": datasets.Value("string"),
         "response_b": datasets.Value("string"),
-        "labels": datasets.List(datasets.Value("int64")),
+        "labels": datasets.List(datasets.Value("float32")),
         "is_safe_a": datasets.Value("int64"),
         "is_safe_b": datasets.Value("int64"),
         "source": datasets.Value("string"),
@@ -200,7 +202,7 @@ def new_pair(
     prompt: str,
     response_a: str,
     response_b: str,
-    labels: list[int],
+    labels: list[float],
     source: str,
     is_safe_a: int = -1,
     is_safe_b: int = -1,

@@ -54,7 +54,9 @@ class Generic(Schema):
             "response_a": "the first response",
             "response_b": "the second response",
         }
-        expected.update({d.field: "a label 1, -1, 0 or null" for d in dims})
+        expected.update(
+            {d.field: "a label in [-1, 1] (1 a preferred, -1 b, 0/null none) or null" for d in dims}
+        )
         require_columns(rows, where, expected)
         safety = [c for c in ("is_safe_a", "is_safe_b") if c in rows.column_names]
         records = []
