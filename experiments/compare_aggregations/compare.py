@@ -1,0 +1,258 @@
+"""Panacea-LS vs Panacea-Tche vs DPS vs rewarded soups on the stories benchmark (issue #6).
+
+    python experiments/compare_aggregations/compare.py                    # m = 2, 3 and 10
+    python experiments/compare_aggregations/compare.py --dims 2 --steps 100   # a quick look
+
+Every method is `experiments/stories/panacea_dpo.yaml` with as few changes as possible: the same
+data, β, adapter, optimiser, schedule, seed and steps per model. Panacea trains ONE model with λ
+sampled per batch (linear scalarisation, or Tchebycheff with a running ideal point); DPS trains
+one model per λ of the evaluation grid at that fixed λ; rewarded soups (RS) one per dimension,
+interpolated by λ. All fronts are evaluated by the same `StoriesEvaluator` on the same λ grid
+(m = 2: 5 points, m = 3: 6, m = 10: 55; DPS has a model at each), so hypervolume, regret and
+the other metrics are comparable. At m = 10 only Panacea runs (DPS would need 55 models).
+
+Writes into --out (default runs/compare_aggregations): each run's folder (CSV/W&B logs, pareto/
+CSV + PNG), `results.csv`, `results.md` (the table for the README) and `front_m2.png` (every
+m = 2 front beside the optimum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_CONFIG = REPO / "experiments/stories/panacea_dpo.yaml"
+GRID_DIVISIONS = {2: 4, 3: 2, 10: 2}  # evaluation grid H per m: 5, 6 and 55 λ
+METHODS = ("panacea_ls", "panacea_tche", "dps", "rewarded_soups")
+TABLE_METRICS = (
+    "hypervolume",
+    "hypervolume_ratio",
+    "mean_regret",
+    "inner_product",
+    "sparsity",
+    "spacing",
+    "mean_kl",
+)
+
+
+@dataclass
+class Row:
+    """One method's result at one m."""
+
+    m: int
+    method: str
+    metrics: dict[str, float]
+    models: int
+    steps: int
+    seconds: float
+    result: object  # FrontResult
+
+
+def config_for(m: int, method: str, steps: int, out: Path, samples_per_prompt: int) -> dict:
+    """The demo config adapted to m dimensions, one method, a fixed step budget and `out`."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    trainer, model = config["trainer"], config["model"]
+    name = f"m{m}_{method}"
+    trainer.update(max_steps=steps, max_epochs=-1, default_root_dir=str(out))
+    trainer["logger"] = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out), "name": name},
+        },
+        {
+            "class_path": "panacea_pl.loggers.WandbLogger",
+            "init_args": {
+                "project": "panacea-pl",
+                "name": f"stories-{name}",
+                "save_dir": str(out),
+            },
+            "dict_kwargs": {"group": f"compare-aggregations-m{m}"},  # wandb.init's
+        },
+    ]
+    sweep = trainer["callbacks"][0]["init_args"]
+    sweep["evaluator"]["init_args"].update(
+        num_dimensions=m, samples_per_prompt=samples_per_prompt
+    )
+    sweep.update(
+        divisions=GRID_DIVISIONS[m], every_n_epochs=0, sweep_on_fit_start=method == "panacea_ls"
+    )
+    init = model["init_args"]
+    init["policy"]["init_args"]["adapter"]["num_preferences"] = m
+    init["scheduler"]["init_args"]["total_steps"] = steps
+    config["data"]["init_args"]["num_dimensions"] = m
+    if method == "panacea_tche":
+        # DPO losses with soft labels never reach 0: their floor is the labels' entropy, so the
+        # ideal point is the best loss seen so far (lowered by a small margin), not 0.
+        init["aggregator"] = {
+            "class_path": "panacea_pl.objectives.Tchebycheff",
+            "init_args": {"ideal": "running", "num_preferences": m, "margin": 0.02},
+        }
+    if method in ("dps", "rewarded_soups"):
+        model["class_path"] = "panacea_pl.baselines.FixedPreferenceDPO"
+        init["preference"] = [1.0 / m] * m  # set per member by the runner
+        config["baseline"] = {
+            "kind": method,
+            "output_dir": str(out / f"{name}_members"),
+            "resume": True,
+            "num_threads": 1,
+        }
+    return config
+
+
+def run_panacea(config: dict, m: int, method: str) -> tuple[Row, dict[str, float]]:
+    from panacea_pl.callbacks import ParetoSweep
+    from panacea_pl.cli import run_lightning_cli
+
+    path = _write(config)
+    start = time.perf_counter()
+    cli = run_lightning_cli(["fit", "--config", str(path)])
+    seconds = time.perf_counter() - start
+    sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
+    row = Row(m, method, dict(sweep.last_metrics), 1, cli.trainer.global_step, seconds, None)
+    row.result = sweep.last_result
+    path.unlink()
+    return row, dict(sweep.first_metrics)
+
+
+def run_baseline(config: dict, m: int, method: str) -> Row:
+    from panacea_pl.baselines.runner import run_baseline as run
+
+    start = time.perf_counter()
+    out = run(config, verbose=True)
+    seconds = time.perf_counter() - start
+    return Row(
+        m,
+        method,
+        dict(out.metrics),
+        int(out.compute["members"]),
+        int(out.compute["train_steps"]),
+        seconds,
+        out.result,
+    )
+
+
+def _write(config: dict) -> Path:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(config, handle)
+    return Path(handle.name)
+
+
+def write_table(rows: list[Row], base: dict[int, dict[str, float]], out: Path) -> Path:
+    """results.csv (every number) and results.md (the README table)."""
+    fields = ["m", "method", *TABLE_METRICS, "models", "steps", "seconds"]
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for m, metrics in sorted(base.items()):
+            writer.writerow([m, "base_model", *(metrics.get(k) for k in TABLE_METRICS), 0, 0, 0])
+        for r in rows:
+            writer.writerow(
+                [r.m, r.method, *(r.metrics.get(k) for k in TABLE_METRICS), r.models, r.steps]
+                + [round(r.seconds, 1)]
+            )
+    lines = [
+        "| m | method | HV | HV / optimum | mean regret | inner product | sparsity | spacing "
+        "| mean KL | models | steps | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(metrics: dict[str, float]) -> str:
+        return " | ".join(
+            f"{metrics[k]:.4g}" if metrics.get(k) is not None else "–" for k in TABLE_METRICS
+        )
+
+    for m in sorted({r.m for r in rows}):
+        if m in base:
+            lines.append(f"| {m} | base model (λ ignored) | {fmt(base[m])} | 0 | 0 | 0 s |")
+        for r in (r for r in rows if r.m == m):
+            lines.append(
+                f"| {m} | {r.method} | {fmt(r.metrics)} | {r.models} | {r.steps} | "
+                f"{r.seconds / 60:.1f} min |"
+            )
+    path = out / "results.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def plot_m2(rows: list[Row], out: Path) -> Path | None:
+    """Every m = 2 front on one plot, beside the optimal front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fronts = [r for r in rows if r.m == 2 and r.result is not None]
+    if not fronts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 5))
+    optimum = fronts[0].result.optimum
+    if optimum is not None:
+        ax.plot(optimum[:, 0], optimum[:, 1], "k--", marker="*", label="optimum")
+    for r in fronts:
+        obj = r.result.objectives
+        hv = r.metrics.get("hypervolume_ratio", float("nan"))
+        ax.plot(obj[:, 0], obj[:, 1], marker="o", label=f"{r.method} (HV {hv:.2f} of opt.)")
+    names = fronts[0].result.objective_names
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title("stories benchmark, m = 2: fronts on the same 5-λ grid")
+    ax.legend(fontsize=8)
+    path = out / "front_m2.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 3, 10], choices=[2, 3, 10])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--steps", type=int, default=400, help="training steps per model")
+    parser.add_argument("--samples-per-prompt", type=int, default=8, help="stories per λ, prompt")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # stories260K: one thread is fastest
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows: list[Row] = []
+    base: dict[int, dict[str, float]] = {}
+    for m in args.dims:
+        methods = args.methods if m <= 3 else ["panacea_ls"]
+        for method in methods:
+            print(f"=== m={m} {method}: {args.steps} steps per model ===", flush=True)
+            config = config_for(m, method, args.steps, args.out, args.samples_per_prompt)
+            if method.startswith("panacea"):
+                row, first = run_panacea(config, m, method)
+                if first:
+                    base[m] = first
+            else:
+                row = run_baseline(config, m, method)
+            rows.append(row)
+            print(
+                f"=== m={m} {method}: HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
+                f"mean regret {row.metrics.get('mean_regret', 0):.4f}, {row.steps} steps, "
+                f"{row.seconds / 60:.1f} min ===",
+                flush=True,
+            )
+            write_table(rows, base, args.out)  # after every run: nothing lost on a crash
+            gc.collect()
+    table = write_table(rows, base, args.out)
+    plot = plot_m2(rows, args.out)
+    print(table.read_text())
+    print(f"table: {table}\nplot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
