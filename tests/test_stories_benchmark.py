@@ -70,7 +70,7 @@ def test_pairs_file_is_generic_schema(bench):
         assert row["prompt"] in bench.prompts
         assert row["response_a"] in texts and row["response_b"] in texts
         assert row["response_a"].strip() and row["response_b"].strip()
-        assert row["happy"] in (1, -1) and row["sad"] in (1, -1)
+        assert -1 <= row["happy"] <= 1 and -1 <= row["sad"] <= 1  # soft labels 2p − 1
 
 
 def test_pairs_load_through_the_data_layer(bench, tmp_path):
@@ -78,10 +78,16 @@ def test_pairs_load_through_the_data_layer(bench, tmp_path):
 
     source = SourceSpec(name="stories", schema="generic", path=str(bench.pairs_path))
     dims = [DimensionSpec(name=n, source="stories", field=n) for n in bench.dimension_names]
-    table, _ = pair_records(
+    table, report = pair_records(
         source, bind_dimensions([source], dims)["stories"], 2, cache_dir=str(tmp_path)
     )
-    assert len(table) == 4 * 32
+    rows = [json.loads(line) for line in bench.pairs_path.read_text().splitlines()]
+    informative = [r for r in rows if r["happy"] or r["sad"]]  # a soft tie in both: no label
+    assert 0 < len(table) == len(informative) and len(rows) - len(informative) == sum(
+        report.dropped.values()
+    )
+    expected = [[r["happy"], r["sad"]] for r in informative]
+    np.testing.assert_allclose(np.array(table["labels"]), expected, atol=1e-6)  # float32
 
 
 def _happy_labels(bench):
