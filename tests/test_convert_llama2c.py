@@ -146,3 +146,13 @@ def test_untied_classifier(tmp_path):
         "</s>",
         "a",
     ]
+
+
+def test_conversion_leaves_the_global_rng_alone(stories_files, tmp_path):
+    """A run that converts the model on first use must initialise its adapter like every later
+    run, which loads the converted folder."""
+    checkpoint, tok_bin, _ = stories_files
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    convert_llama2c(checkpoint, tok_bin, tmp_path / "out")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -48,9 +48,15 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+#: Checkpoints are written atomically (see `panacea_pl.plugins.AtomicCheckpointIO`); a config
+#: that sets `trainer.plugins` replaces this list, so it should list the plugin too.
+TRAINER_DEFAULTS = {"plugins": [{"class_path": "panacea_pl.plugins.AtomicCheckpointIO"}]}
+
+
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
     """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing
-    (with `panacea_pl.resolvers` registered, e.g. `${panacea.stories_model:}`)."""
+    (with `panacea_pl.resolvers` registered, e.g. `${panacea.stories_model:}`), and atomic
+    checkpoint writes by default (`TRAINER_DEFAULTS`)."""
     register_resolvers()
     return LightningCLI(
         pl.LightningModule,
@@ -59,6 +65,7 @@ def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> Lightn
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
         auto_configure_optimizers=False,
         args=argv,
         run=run,

@@ -2,9 +2,12 @@
 
     panacea-pl baseline --config experiments/stories/dps.yaml              # DPS
     panacea-pl baseline --config experiments/stories/rewarded_soups.yaml   # rewarded soups
+    panacea-pl baseline --config experiments/stories/dps_ppo.yaml          # DPS for RLHF
 
 - DPS (discrete policy solutions): one model per λ of the grid, each trained with
   `FixedPreferenceDPO` at its λ with Panacea's budget; λ runs its own model (`DPSPolicy`).
+- DPS for RLHF / MORLHF: the same with `FixedPreferencePPO` members (PPO on λ·r − β·KL at one
+  λ); with `LagrangianAdvantage` it is safe-rlhf's PPO-Lagrangian.
 - RS (rewarded soups, Ramé et al. 2023): one model per dimension, trained at λ = e_i; λ runs the
   weight interpolation Σ_i λ_i θ_i (`RewardedSoupsPolicy`).
 
@@ -23,6 +26,7 @@ from panacea_pl.baselines.collection import (
     read_adapter_state,
 )
 from panacea_pl.baselines.module import FixedPreferenceDPO
+from panacea_pl.baselines.ppo import FixedPreferencePPO
 from panacea_pl.baselines.runner import (
     BaselineRun,
     BaselineSettings,
@@ -40,6 +44,7 @@ __all__ = [
     "DPSFront",
     "DPSPolicy",
     "FixedPreferenceDPO",
+    "FixedPreferencePPO",
     "Member",
     "RewardedSoupsFront",
     "RewardedSoupsPolicy",

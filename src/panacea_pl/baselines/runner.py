@@ -7,7 +7,7 @@
 
 The YAML is a LightningCLI config (trainer, model, data, seed_everything; overrides on the
 command line as for `panacea-pl fit`) plus a `baseline:` block (`BaselineSettings`). The model
-must be a `FixedPreferenceDPO`. The runner
+must be a `FixedPreferenceDPO` or a `FixedPreferencePPO` (DPS for RLHF). The runner
 
 1. trains one member per λ — DPS: every λ of the Das–Dennis grid (the `ParetoSweep` callback's
    `divisions` unless `baseline.divisions` says otherwise); rewarded soups: the m corners e_i —
@@ -42,6 +42,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from panacea_pl.baselines.collection import (
     MANIFEST_NAME,
@@ -54,6 +55,7 @@ from panacea_pl.baselines.collection import (
     read_adapter_state,
 )
 from panacea_pl.baselines.module import FixedPreferenceDPO
+from panacea_pl.baselines.ppo import FixedPreferencePPO
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import save_adapter
@@ -219,10 +221,11 @@ def _run(argv: list[str], verbose: bool) -> BaselineRun:
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     module = cli.model
-    if not isinstance(module, FixedPreferenceDPO):
+    if not isinstance(module, FixedPreferenceDPO | FixedPreferencePPO):
         raise TypeError(
-            "a baseline config's model must be panacea_pl.baselines.FixedPreferenceDPO (or a "
-            f"subclass): it is trained at one λ per member; got {type(module).__name__}"
+            "a baseline config's model must be panacea_pl.baselines.FixedPreferenceDPO or "
+            "FixedPreferencePPO (or a subclass): it is trained at one λ per member; got "
+            f"{type(module).__name__}"
         )
     sweep = next((c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep)), None)
     if sweep is None:
@@ -275,13 +278,16 @@ def _run(argv: list[str], verbose: bool) -> BaselineRun:
         front_class = RewardedSoupsFront
     front = front_class(
         policy,
-        loss=module.loss,
+        loss=getattr(module, "loss", None),  # PPO members have no DPO loss
         dimension_names=module.hparams.get("dimension_names"),
         training_compute=compute,
     )
     say(f"[front] {type(sweep.evaluator).__name__} over the collection ({len(members)} adapters)")
     start = time.perf_counter()
     cli.trainer.validate(front, datamodule=cli.datamodule, verbose=False)
+    if sweep.last_result is None:  # no validation split (PPO's prompts): one placeholder batch
+        placeholder = DataLoader([{}], batch_size=None)
+        cli.trainer.validate(front, dataloaders=placeholder, verbose=False)
     compute["eval_seconds"] = time.perf_counter() - start
 
     log_dir = Path(cli.trainer.log_dir or root)

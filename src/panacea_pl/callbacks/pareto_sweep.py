@@ -86,6 +86,11 @@ class ParetoSweep(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, log_metrics: bool
     ) -> FrontResult | None:
         """Evaluate the grid on rank zero, write CSV + PNG, log to the loggers."""
+        # every rank: under DDP `trainer.log_dir` is a broadcast, which rank zero alone would
+        # wait on forever
+        folder = Path(
+            self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "pareto"
+        )
         if not trainer.is_global_zero:
             return None
         grid = simplex_grid(pl_module.policy.num_preferences, self.divisions)
@@ -96,9 +101,6 @@ class ParetoSweep(pl.Callback):
         finally:
             pl_module.train(was_training)
         metrics = result.metrics()
-        folder = Path(
-            self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "pareto"
-        )
         result.write_csv(folder / f"{tag}.csv")
         title = f"{type(pl_module).__name__} · step {trainer.global_step} · HV {metrics['hypervolume']:.4g}"
         if "hypervolume_ratio" in metrics:

@@ -294,7 +294,11 @@ def convert_llama2c(checkpoint: str | Path, tokenizer: str | Path, output_dir: s
             raise FileNotFoundError(f"{path} does not exist")
     header, arrays = read_checkpoint(checkpoint)
     pieces = read_tokenizer_pieces(tokenizer, header.vocab_size)
-    build_model(header, arrays).save_pretrained(output_dir)
+    # the model's random init (overwritten) must not move the caller's RNG: a run that converts
+    # on first use would otherwise initialise its adapter differently from every later run
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(header, arrays)
+    model.save_pretrained(output_dir)
     build_tokenizer(pieces).save_pretrained(output_dir)
     return output_dir
 

@@ -21,6 +21,7 @@ Modules, one job each:
 - `tokenize`    chat or plain template, BOS/EOS, left/right truncation
 - `cache`       tokenised tables saved with `datasets` under a content key
 - `mixing`      proportional / interleaved / per-dimension batches
+- `resumable`   training batches that resume mid-epoch, shuffled per (seed, epoch), sharded by rank
 - `collate`     padded tensor batches (the batch contracts)
 - `datamodule`  PreferenceDataModule, SFTDataModule, PromptDataModule
 """
@@ -37,6 +38,7 @@ from panacea_pl.data.datamodule import PreferenceDataModule, PromptDataModule, S
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, preferred_targets, prompt_records, sft_records
+from panacea_pl.data.resumable import ResumableDataLoader, ResumableSampler
 from panacea_pl.data.schemas import SCHEMAS, Schema, SourceReport, register_schema
 from panacea_pl.data.sources import load_source
 from panacea_pl.data.split import split_by_prompt
@@ -53,6 +55,8 @@ __all__ = [
     "PreferenceDataModule",
     "PromptCollator",
     "PromptDataModule",
+    "ResumableDataLoader",
+    "ResumableSampler",
     "SFTCollator",
     "SFTDataModule",
     "Schema",

@@ -20,10 +20,10 @@ adapts, splits and tokenises every source and saves the result with `datasets.sa
 under a content key (see `panacea_pl.data.cache`); when that key is already on disk it does
 nothing — a second run does no tokenisation. `setup` (every rank) loads the saved tables and
 mixes them (held-out rows of several sources or dimensions are shuffled once with `seed`, so any
-prefix of the validation set covers all of them). Training batches are drawn by a plain
-shuffled `DataLoader` that Lightning's `use_distributed_sampler` turns into a
-`DistributedSampler` under DDP, except for `mixing: per_dimension`, whose
-`PerDimensionBatchSampler` shards by rank itself.
+prefix of the validation set covers all of them). Training batches come from a
+`ResumableDataLoader` (`panacea_pl.data.resumable`): shuffled from `seed + epoch`, sharded by
+rank under DDP, and restored mid-epoch from a checkpoint, except for `mixing: per_dimension`,
+whose `PerDimensionBatchSampler` shards by rank itself.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from typing import Any, ClassVar
 
 import datasets
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -62,6 +61,7 @@ from panacea_pl.data.config import (
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, prompt_records, sft_records
+from panacea_pl.data.resumable import ResumableDataLoader
 from panacea_pl.data.schemas import SourceReport
 from panacea_pl.data.sources import source_fingerprint
 from panacea_pl.data.split import split_by_prompt
@@ -300,9 +300,11 @@ class _TokenizedDataModule(pl.LightningDataModule):
                 rank=trainer.global_rank if trainer is not None else None,
             )
             return DataLoader(self.train_dataset, batch_sampler=sampler, **common)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
+        trainer = getattr(self, "trainer", None)
+        return ResumableDataLoader(
+            self.train_dataset, batch_size=self.batch_size, seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             **common,
         )  # fmt: skip
 

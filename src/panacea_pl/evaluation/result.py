@@ -43,11 +43,14 @@ class FrontResult:
         """Hypervolume ↑, inner product ↑, sparsity ↓, spacing ↓, plus `summary`."""
         lam = torch.as_tensor(self.preferences, dtype=torch.float64)
         obj = torch.as_tensor(self.objectives, dtype=torch.float64)
+        # this front is one process's (ParetoSweep evaluates on rank zero): no sync across ranks,
+        # which would wait forever under DDP for ranks that never compute it
+        local = {"sync_on_compute": False}
         metrics = {
-            "hypervolume": Hypervolume(self.reference_point, self.maximize),
-            "inner_product": InnerProduct(self.lower, self.upper, self.maximize),
-            "sparsity": Sparsity(),
-            "spacing": Spacing(),
+            "hypervolume": Hypervolume(self.reference_point, self.maximize, **local),
+            "inner_product": InnerProduct(self.lower, self.upper, self.maximize, **local),
+            "sparsity": Sparsity(**local),
+            "spacing": Spacing(**local),
         }
         values = {}
         for name, metric in metrics.items():

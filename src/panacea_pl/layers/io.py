@@ -9,14 +9,13 @@ export_peft(adapter, "runs/x/lora-helpful", preference=[0.8, 0.2])
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from panacea_pl.atomic import atomic_write
 from panacea_pl.layers.config import PanaceaConfig
 from panacea_pl.layers.layer import linear_shape
 from panacea_pl.layers.model import PanaceaAdapter, inject_adapter
@@ -32,16 +31,9 @@ class AdapterLoadError(RuntimeError):
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename: no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write through a temporary file in the same folder, fsync and rename: a crash never
+    leaves a half-written file (see `panacea_pl.atomic`)."""
+    atomic_write(path, write)
 
 
 def _base_name(adapter: PanaceaAdapter) -> str | None:

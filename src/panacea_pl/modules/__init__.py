@@ -2,7 +2,17 @@
 
 from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.dpo import PanaceaDPO
+from panacea_pl.modules.ppo import PanaceaPPO
+from panacea_pl.modules.ppo_rewards import RewardFunction, VectorRewardFunction
 from panacea_pl.modules.reward import RewardModelModule
 from panacea_pl.modules.sft import PanaceaSFT
 
-__all__ = ["PanaceaDPO", "PanaceaModule", "PanaceaSFT", "RewardModelModule"]
+__all__ = [
+    "PanaceaDPO",
+    "PanaceaModule",
+    "PanaceaPPO",
+    "PanaceaSFT",
+    "RewardFunction",
+    "RewardModelModule",
+    "VectorRewardFunction",
+]

@@ -34,7 +34,8 @@ class PanaceaModule(pl.LightningModule):
         aggregator: how per-dimension losses combine under λ (LS, Tchebycheff, …).
         preference_alpha: Dirichlet concentration α (1 = uniform on the simplex).
         per_sample_preference: one λ per example instead of one per batch. One λ per batch is
-            the paper's choice; it is the same on every rank (the sampler is seeded identically).
+            the paper's choice. Either way DDP draws what one process with the global batch
+            would (see `sample_preference`).
         seed: seed of the λ sampler.
         orthogonality_weight: weight of the adapter's ‖UᵀU − I‖² + ‖VVᵀ − I‖² regulariser.
         dimension_names: names of the m dimensions, used in logged keys; by default taken from
@@ -56,7 +57,9 @@ class PanaceaModule(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "aggregator", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            ignore=["policy", "aggregator", "loss", "critic", "reward", "optimizer", "scheduler"]
+        )
         self.policy = policy
         self.aggregator = aggregator if aggregator is not None else LinearScalarization()
         # logged with the hyperparameters, so dashboards can group runs by scheme
@@ -94,9 +97,18 @@ class PanaceaModule(pl.LightningModule):
     # ---- hooks --------------------------------------------------------------------------------
 
     def sample_preference(self, batch_size: int) -> torch.Tensor:
-        """λ for a training batch: [m], or [B, m] with `per_sample_preference`."""
-        lam = self.sampler.sample(batch_size if self.per_sample_preference else None)
-        return lam.to(self.device)
+        """λ for a training batch: [m], or [B, m] with `per_sample_preference`.
+
+        Every rank draws the same numbers (the sampler is seeded alike), so one λ per batch is
+        the same on all ranks; per sample, each of W ranks draws λ for the global batch of W·B
+        rows and keeps rows rank, rank + W, … (the rows `DistributedSampler` deals it), so W
+        processes train on the λ that one process with a W-times larger batch would draw.
+        """
+        if not self.per_sample_preference:
+            return self.sampler.sample(None).to(self.device)
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return self.sampler.sample(batch_size * world)[rank::world].to(self.device)
 
     def evaluation_preference(self) -> torch.Tensor:
         """λ for validation/test losses: the centre of the simplex, so epochs are comparable."""
@@ -194,7 +206,9 @@ class PanaceaModule(pl.LightningModule):
     # ---- checkpoints: the adapter, optimiser and λ-sampler state, not the frozen base -----------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        # remove_duplicate=False: a tied weight (lm_head = embed_tokens) is frozen under both names
+        params = self.named_parameters(remove_duplicate=False)
+        frozen = {name for name, p in params if not p.requires_grad}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k not in frozen
         }
@@ -202,7 +216,8 @@ class PanaceaModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trained = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trained - set(checkpoint["state_dict"]))
+        # DeepSpeed loads the weights itself and hands over the rest without a "state_dict"
+        missing = sorted(trained - set(checkpoint.get("state_dict", trained)))
         if missing:
             raise KeyError(
                 f"checkpoint lacks {len(missing)} adapter tensors, e.g. {missing[:3]}: it was "

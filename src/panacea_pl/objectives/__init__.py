@@ -1,10 +1,18 @@
-"""Objectives: per-dimension losses (DPO, Bradley–Terry, safety cost, SFT) and aggregators.
+"""Objectives: per-dimension losses (DPO, Bradley–Terry, safety cost, SFT, PPO) and aggregators
+(of losses, and of PPO advantages: `advantage`).
 
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
 out = MultiObjectiveDPOLoss(beta=0.1)(policy_logps, reference_logps, labels)
 loss = Tchebycheff()(out.losses, preference, out.mask)
 """
 
+from panacea_pl.objectives.advantage import (
+    AdvantageAggregator,
+    AggregatedAdvantages,
+    LagrangianAdvantage,
+    LinearAdvantage,
+    TchebycheffAdvantage,
+)
 from panacea_pl.objectives.aggregation import (
     Aggregator,
     LinearScalarization,
@@ -13,20 +21,37 @@ from panacea_pl.objectives.aggregation import (
 )
 from panacea_pl.objectives.dpo import MultiObjectiveDPOLoss
 from panacea_pl.objectives.outputs import CostLosses, DimensionLosses, PairwiseLosses, masked_mean
+from panacea_pl.objectives.ppo import (
+    ClippedPolicyLoss,
+    ClippedValueLoss,
+    PolicyLossOutput,
+    generalized_advantages,
+    masked_whiten,
+)
 from panacea_pl.objectives.reward import BradleyTerryLoss, SafetyCostLoss
 from panacea_pl.objectives.sft import PreferenceSFTLoss
 
 __all__ = [
+    "AdvantageAggregator",
+    "AggregatedAdvantages",
     "Aggregator",
     "BradleyTerryLoss",
+    "ClippedPolicyLoss",
+    "ClippedValueLoss",
     "CostLosses",
     "DimensionLosses",
+    "LagrangianAdvantage",
+    "LinearAdvantage",
     "LinearScalarization",
     "MultiObjectiveDPOLoss",
     "PairwiseLosses",
+    "PolicyLossOutput",
     "PreferenceSFTLoss",
     "SafetyCostLoss",
     "SmoothTchebycheff",
     "Tchebycheff",
+    "TchebycheffAdvantage",
+    "generalized_advantages",
     "masked_mean",
+    "masked_whiten",
 ]

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from panacea_pl.objectives.outputs import masked_mean
@@ -35,7 +36,10 @@ class Aggregator(nn.Module):
       dimensions, and the result is averaged over the examples with at least one label.
 
     A batch with no label at all gives a zero that is still connected to the graph, so every
-    rank of a distributed run calls backward on the same graph.
+    rank of a distributed run calls backward on the same graph. In training mode under
+    torch.distributed, the means are over the global batch (sums and counts all-reduced), so
+    DDP trains exactly as one process with the whole batch; every rank must then call the
+    aggregator equally often.
 
     Subclasses implement `aggregate`; entries of `losses` outside `mask` are already 0 there.
     """
@@ -49,14 +53,34 @@ class Aggregator(nn.Module):
         losses, preference, mask = self._check(losses, preference, mask)
         losses = losses.masked_fill(~mask, 0.0)
         if preference.dim() == 1:
-            labelled = mask.any(0)
+            sums, counts = self._over_ranks(losses.sum(0), mask.sum(0))
+            labelled = counts > 0
             if not labelled.any():
                 return losses.sum() * 0.0
-            return self.aggregate(masked_mean(losses, mask), preference, labelled)
+            return self.aggregate(sums / counts.clamp(min=1), preference, labelled)
         rows = mask.any(1)
-        if not rows.any():
+        values = self.aggregate(losses[rows], preference[rows], mask[rows])
+        total, count = self._over_ranks(values.sum(), rows.sum())
+        if not count:
             return losses.sum() * 0.0
-        return self.aggregate(losses[rows], preference[rows], mask[rows]).mean()
+        return total / count
+
+    def _over_ranks(self, total: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+        """`total` and `count` summed over the ranks when training under torch.distributed.
+
+        Means over labelled examples are then the means over the global batch, and the loss is
+        the same number on every rank. The sum of `total` is differentiable: its backward sums
+        the ranks' gradients, which DDP's averaging turns back into the gradient of the global
+        batch's loss, so W processes step exactly as one process with the W-times larger batch
+        (a mean of per-rank means would weigh a rank with few labels of a dimension too much).
+        """
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return total, count
+        if dist.get_world_size() == 1:
+            return total, count
+        count = count.to(total.dtype).clone()
+        dist.all_reduce(count)
+        return dist_nn.all_reduce(total), count
 
     def aggregate(self, losses: Tensor, preference: Tensor, mask: Tensor) -> Tensor:
         """Aggregate over the last dimension, only where `mask` is True.

@@ -7,7 +7,8 @@
 Modules: `scorers` (the objectives), `prompts`, `sampling` (batched generation and log-probs),
 `samples` (the base model's scored responses), `pairs` (Bradley–Terry labels, `generic` schema),
 `optimum` (the tilted optimum by importance sampling), `evaluate` (a policy against the optimum),
-`cache` (keys, atomic writes), `benchmark` (the entry point).
+`cache` (keys, atomic writes), `benchmark` (the entry point), `reward` (the scorers as a PPO
+reward function), `lightning` (policy, data, evaluator for YAML).
 """
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark, locate_checkpoint
@@ -16,9 +17,11 @@ from panacea_pl.benchmarks.stories.lightning import (
     StoriesDataModule,
     StoriesEvaluator,
     StoriesPolicy,
+    StoriesPromptDataModule,
 )
 from panacea_pl.benchmarks.stories.optimum import TiltedFront, tilted_front
 from panacea_pl.benchmarks.stories.prompts import STORY_PROMPTS
+from panacea_pl.benchmarks.stories.reward import StoriesReward
 from panacea_pl.benchmarks.stories.samples import StorySamples, draw_samples
 from panacea_pl.benchmarks.stories.scorers import DIMENSION_NAMES, SCORERS, Scorer, get_scorers
 
@@ -32,6 +35,8 @@ __all__ = [
     "StoriesDataModule",
     "StoriesEvaluator",
     "StoriesPolicy",
+    "StoriesPromptDataModule",
+    "StoriesReward",
     "StorySamples",
     "TiltedFront",
     "draw_samples",

@@ -2,6 +2,7 @@
 
     policy:  class_path: panacea_pl.benchmarks.stories.StoriesPolicy      (the converted model)
     data:    class_path: panacea_pl.benchmarks.stories.StoriesDataModule  (its labelled pairs)
+    data:    class_path: panacea_pl.benchmarks.stories.StoriesPromptDataModule  (PPO's prompts)
     sweep:   panacea_pl.benchmarks.stories.StoriesEvaluator               (f(λ) vs the optimum)
 
 All three find the checkpoint in `data_dir` (default `$PANACEA_DATA_DIR` or `../shared/data`)
@@ -10,12 +11,21 @@ and keep what they build in `cache_dir` (default `~/.cache/panacea_pl/stories`).
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
-from panacea_pl.data import DimensionSpec, PreferenceDataModule, SourceSpec, TokenizationSpec
+from panacea_pl.benchmarks.stories.cache import atomic_write, settings_key
+from panacea_pl.data import (
+    DimensionSpec,
+    PreferenceDataModule,
+    PromptDataModule,
+    SourceSpec,
+    TokenizationSpec,
+)
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
@@ -80,6 +90,54 @@ class StoriesDataModule(PreferenceDataModule):
                 max_prompt_length=None,
                 max_response_length=None,
             ),
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            cache_dir=str(bench.cache_dir / "tokenized"),
+        )
+
+
+class StoriesPromptDataModule(PromptDataModule):
+    """The benchmark's story openings as PPO prompts (BOS + prompt, left-padded), one row each.
+
+    The prompts are written once to `prompts-<key>.jsonl` in the cache (`prompts` schema); an
+    epoch is one pass over them, so with `batch_size` = `num_prompts` every training step rolls
+    out every prompt (`PanaceaPPO.samples_per_prompt` times each).
+
+    Args:
+        num_dimensions: m, 2 to 10 (exposed as `dimension_names`).
+        data_dir: where `tinyllamas-stories260k/` is.
+        cache_dir: where the converted model and the prompt file are kept.
+        num_prompts: how many of `STORY_PROMPTS` (1 to 16).
+        batch_size: prompts per batch.
+        val_fraction: share of prompts held out (validation rolls out at the simplex centre).
+        seed: split and shuffling seed.
+    """
+
+    def __init__(
+        self,
+        num_dimensions: int = 2,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        num_prompts: int = 16,
+        batch_size: int = 16,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        bench = StoriesBenchmark(
+            data_dir, cache_dir, num_dimensions, num_prompts=num_prompts, progress=False
+        )
+        self.benchmark = bench
+        prompts = list(bench.prompts)
+        path = bench.cache_dir / f"prompts-{settings_key({'prompts': prompts})}.jsonl"
+        if not path.is_file():
+            lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts)
+            atomic_write(path, lambda tmp: tmp.write_text(lines))
+        super().__init__(
+            tokenizer=str(bench.model_dir),
+            sources=[SourceSpec(name="stories", schema="prompts", path=str(path))],
+            dimension_names=list(bench.dimension_names),
+            tokenization=TokenizationSpec(prompt_template="{prompt}", max_prompt_length=None),
             batch_size=batch_size,
             val_fraction=val_fraction,
             seed=seed,

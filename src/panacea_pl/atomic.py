@@ -1,0 +1,65 @@
+"""Crash-safe file writes: a file is either its old self or the whole new one, never half.
+
+    atomic_write("runs/x/adapter/panacea_adapter.safetensors", lambda tmp: save_file(t, tmp))
+
+Used for adapter folders (`panacea_pl.layers.io`) and Lightning checkpoints
+(`panacea_pl.plugins.AtomicCheckpointIO`). No Lightning import: the adapter stays usable from
+plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+#: Prefix of the temporary files. It never starts with "last" nor ends with ".ckpt", so a file
+#: left by a crash mid-save is not taken for a checkpoint by `ckpt_path="last"`.
+TEMP_PREFIX = ".partial-"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call `write(tmp)` on a new temporary file beside `path`, then put it in place.
+
+    The temporary file lives in `path`'s folder (same filesystem, so the rename is atomic); its
+    data is fsynced before `os.replace` puts it over `path`, and the folder is fsynced after, so
+    that neither a killed process nor a power cut leaves a truncated `path`. If `write` fails, the
+    temporary file is removed and `path` keeps its old content. A process killed inside `write`
+    leaves a `.partial-*` file behind, which nothing reads.
+
+    Returns:
+        `path` as a `Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        write(str(tmp))
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename (POSIX); folders cannot be opened for fsync on Windows."""
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):  # some filesystems (network mounts) refuse it
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
