@@ -260,13 +260,17 @@ class PanaceaPPO(PanaceaModule):
     # ---- setup --------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
-        names = getattr(self.reward, "dimension_names", None)
-        if names is not None and list(names) != self.dimension_names:
-            raise ValueError(
-                f"the reward function scores dimensions {list(names)} but the module trains "
-                f"{self.dimension_names} (from dimension_names or the datamodule); give them "
-                "in the same order"
-            )
+        datamodule = getattr(self._trainer, "datamodule", None)
+        sources = {
+            "the reward function": getattr(self.reward, "dimension_names", None),
+            "the datamodule": getattr(datamodule, "dimension_names", None),
+        }
+        for source, names in sources.items():
+            if names and list(names) != self.dimension_names:
+                raise ValueError(
+                    f"{source} names the dimensions {list(names)} but the module trains "
+                    f"{self.dimension_names}; give them in the same order"
+                )
 
     @property
     def tokenizer(self):

@@ -36,9 +36,11 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class AggregatedAdvantages:
-    """Attributes:
-    advantages: [N, T] the aggregate Σ_i w_i A_i.
-    weights: [N, m] the weights w (detached).
+    """One advantage per token and the weights that made it.
+
+    Attributes:
+        advantages: [N, T] the aggregate Σ_i w_i A_i.
+        weights: [N, m] the weights w (detached).
     """
 
     advantages: Tensor
@@ -123,7 +125,8 @@ class TchebycheffAdvantage(AdvantageAggregator):
     - ``"running"``: the largest Ĵ_i seen so far in any row of any rollout (max over ranks
       under torch.distributed), i.e. the best the critic predicts for dimension i at any λ.
       It lives in the buffer `ideal_point` (checkpointed) and only grows. Its early values come
-      from an untrained critic, so give the critic a few rollouts first, or a fixed z.
+      from an untrained critic (whose head starts at 0), so train the critic alone for a few
+      rollouts first (`PanaceaPPO.freeze_policy_iterations`), or give a fixed z.
 
     z_i is raised by `margin` ≥ 0 (the utopia point), so a dimension at its best keeps a
     positive shortfall and λ_i stays in play.
