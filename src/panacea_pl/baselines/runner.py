@@ -57,6 +57,7 @@ from panacea_pl.baselines.collection import (
 from panacea_pl.baselines.module import FixedPreferenceDPO
 from panacea_pl.baselines.ppo import FixedPreferencePPO
 from panacea_pl.callbacks import ParetoSweep
+from panacea_pl.cli import TRAINER_DEFAULTS
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import save_adapter
 from panacea_pl.layers.io import CONFIG_NAME
@@ -151,6 +152,7 @@ class BaselineCLI(LightningCLI):
                 parser_kwargs={"parser_mode": "omegaconf"},
                 save_config_kwargs={"overwrite": True},
                 auto_configure_optimizers=False,
+                trainer_defaults=TRAINER_DEFAULTS,
                 args=args,
                 run=False,
             )
