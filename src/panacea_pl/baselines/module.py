@@ -20,7 +20,31 @@ from panacea_pl.objectives import MultiObjectiveDPOLoss
 from panacea_pl.preference import validate_preference
 
 
-class FixedPreferenceDPO(PanaceaDPO):
+class FixedPreference:
+    """Mixin for a `PanaceaModule` trained at one fixed λ instead of sampled ones: training,
+    validation and the λ of every per-sample row are this λ. Call `_fix_preference` in
+    `__init__` after the module's own."""
+
+    def _fix_preference(self, preference: Sequence[float]) -> None:
+        lam = validate_preference(preference, self.num_preferences)
+        if lam.dim() != 1:
+            raise ValueError(f"preference must be one λ of shape [m], got shape {list(lam.shape)}")
+        self.register_buffer("fixed_preference", lam, persistent=False)
+
+    @property
+    def preference(self) -> torch.Tensor:
+        """The fixed λ, [m]."""
+        return self.fixed_preference
+
+    def sample_preference(self, batch_size: int) -> torch.Tensor:
+        lam = self.fixed_preference
+        return lam.expand(batch_size, -1) if self.per_sample_preference else lam
+
+    def evaluation_preference(self) -> torch.Tensor:
+        return self.fixed_preference
+
+
+class FixedPreferenceDPO(FixedPreference, PanaceaDPO):
     """`PanaceaDPO` with λ fixed instead of sampled: the loss is aggregate(L_1 … L_m; λ) at one λ.
 
     With the linear scalarisation this is Σ_i λ_i L_i; at a corner λ = e_i it is single-objective
@@ -43,19 +67,4 @@ class FixedPreferenceDPO(PanaceaDPO):
         **kwargs,
     ):
         super().__init__(policy, loss=loss, **kwargs)
-        lam = validate_preference(preference, self.num_preferences)
-        if lam.dim() != 1:
-            raise ValueError(f"preference must be one λ of shape [m], got shape {list(lam.shape)}")
-        self.register_buffer("fixed_preference", lam, persistent=False)
-
-    @property
-    def preference(self) -> torch.Tensor:
-        """The fixed λ, [m]."""
-        return self.fixed_preference
-
-    def sample_preference(self, batch_size: int) -> torch.Tensor:
-        lam = self.fixed_preference
-        return lam.expand(batch_size, -1) if self.per_sample_preference else lam
-
-    def evaluation_preference(self) -> torch.Tensor:
-        return self.fixed_preference
+        self._fix_preference(preference)

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
+from panacea_pl.baselines.module import FixedPreference
 from panacea_pl.models import PanaceaCritic, PanaceaPolicy
 from panacea_pl.modules.ppo import PanaceaPPO
 from panacea_pl.modules.ppo_rewards import RewardFunction
-from panacea_pl.preference import validate_preference
 
 
-class FixedPreferencePPO(PanaceaPPO):
+class FixedPreferencePPO(FixedPreference, PanaceaPPO):
     """`PanaceaPPO` with λ fixed instead of sampled: every rollout row, every update and the
     validation rollouts use this λ. With `LinearAdvantage` it maximises λ·E[r] − β·KL at one λ
     (MORLHF); the adapter is Panacea's with the λ slots held at λ, so a member has Panacea's
@@ -45,19 +43,4 @@ class FixedPreferencePPO(PanaceaPPO):
         **kwargs,
     ):
         super().__init__(policy, critic, reward, **kwargs)
-        lam = validate_preference(preference, self.num_preferences)
-        if lam.dim() != 1:
-            raise ValueError(f"preference must be one λ of shape [m], got shape {list(lam.shape)}")
-        self.register_buffer("fixed_preference", lam, persistent=False)
-
-    @property
-    def preference(self) -> torch.Tensor:
-        """The fixed λ, [m]."""
-        return self.fixed_preference
-
-    def sample_preference(self, batch_size: int) -> torch.Tensor:
-        lam = self.fixed_preference
-        return lam.expand(batch_size, -1) if self.per_sample_preference else lam
-
-    def evaluation_preference(self) -> torch.Tensor:
-        return self.fixed_preference
+        self._fix_preference(preference)

@@ -54,8 +54,7 @@ from panacea_pl.baselines.collection import (
     RewardedSoupsPolicy,
     read_adapter_state,
 )
-from panacea_pl.baselines.module import FixedPreferenceDPO
-from panacea_pl.baselines.ppo import FixedPreferencePPO
+from panacea_pl.baselines.module import FixedPreference
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.cli import TRAINER_DEFAULTS
 from panacea_pl.evaluation.result import FrontResult
@@ -223,7 +222,7 @@ def _run(argv: list[str], verbose: bool) -> BaselineRun:
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     module = cli.model
-    if not isinstance(module, FixedPreferenceDPO | FixedPreferencePPO):
+    if not isinstance(module, FixedPreference):
         raise TypeError(
             "a baseline config's model must be panacea_pl.baselines.FixedPreferenceDPO or "
             "FixedPreferencePPO (or a subclass): it is trained at one λ per member; got "

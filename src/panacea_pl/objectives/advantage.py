@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from panacea_pl.objectives.aggregation import ideal_point
+
 
 @dataclass(frozen=True)
 class AggregatedAdvantages:
@@ -144,20 +146,8 @@ class TchebycheffAdvantage(AdvantageAggregator):
         margin: float = 0.0,
     ):
         super().__init__()
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        if isinstance(ideal, str) and ideal != "running":
-            raise ValueError(f'ideal must be a number, numbers or "running", got {ideal!r}')
-        self.running = ideal == "running"
-        self.margin = margin
-        if self.running:
-            if num_preferences is None:
-                raise ValueError('ideal="running" needs num_preferences (m) for its buffer')
-            point = torch.full((num_preferences,), float("-inf"))
-        else:
-            point = torch.as_tensor(ideal, dtype=torch.float32)
-            if point.dim() > 1 or not torch.isfinite(point).all():
-                raise ValueError(f"ideal must be a finite number or a list of them, got {ideal}")
+        self.running, self.margin = ideal == "running", margin
+        point = ideal_point(ideal, num_preferences, margin, float("-inf"))
         self.register_buffer("ideal_point", point)
 
     def update(self, preference: Tensor, values: Tensor | None, rewards: Tensor | None) -> None:

@@ -24,6 +24,31 @@ from torch import Tensor, nn
 from panacea_pl.objectives.outputs import masked_mean
 
 
+def ideal_point(
+    ideal: float | Sequence[float] | str,
+    num_preferences: int | None,
+    margin: float,
+    unseen: float,
+) -> Tensor:
+    """Check a Tchebycheff ideal-point setting and return the buffer that starts it.
+
+    `ideal` is a number, one number per dimension, or "running" (then the buffer is
+    `num_preferences` copies of `unseen`, the value that any observation replaces).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if isinstance(ideal, str):
+        if ideal != "running":
+            raise ValueError(f'ideal must be a number, numbers or "running", got {ideal!r}')
+        if num_preferences is None:
+            raise ValueError('ideal="running" needs num_preferences (m) for its buffer')
+        return torch.full((num_preferences,), unseen)
+    point = torch.as_tensor(ideal, dtype=torch.float32)
+    if point.dim() > 1 or not torch.isfinite(point).all():
+        raise ValueError(f"ideal must be a finite number or a list of them, got {ideal}")
+    return point
+
+
 class Aggregator(nn.Module):
     """Base class: reduces losses [B, m] under a preference λ to a scalar.
 
@@ -164,21 +189,10 @@ class Tchebycheff(Aggregator):
         margin: float = 0.0,
     ):
         super().__init__()
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        if isinstance(ideal, str) and ideal != "running":
-            raise ValueError(f'ideal must be a number, numbers or "running", got {ideal!r}')
-        self.running = ideal == "running"
-        self.margin = margin
-        if self.running:
-            if num_preferences is None:
-                raise ValueError('ideal="running" needs num_preferences (m) for its buffer')
-            point = torch.full((num_preferences,), float("inf"))
-        else:
-            point = torch.as_tensor(ideal, dtype=torch.float32)
-            if point.dim() > 1 or not torch.isfinite(point).all():
-                raise ValueError(f"ideal must be a finite number or a list of them, got {ideal}")
-        self.register_buffer("ideal_point", point)
+        self.running, self.margin = ideal == "running", margin
+        self.register_buffer(
+            "ideal_point", ideal_point(ideal, num_preferences, margin, float("inf"))
+        )
 
     def forward(self, losses: Tensor, preference: Tensor, mask: Tensor | None = None) -> Tensor:
         losses, preference, mask = self._check(losses, preference, mask)
