@@ -14,7 +14,7 @@ import torch
 
 from panacea_pl.benchmarks.stories import StoriesBenchmark, evaluate_policy, locate_checkpoint
 from panacea_pl.benchmarks.stories import benchmark as benchmark_module
-from panacea_pl.benchmarks.stories.evaluate import _chunks
+from panacea_pl.evaluation.generation import row_chunks
 from panacea_pl.layers import PanaceaAdapter, PanaceaConfig, inject_adapter
 
 SMALL = dict(
@@ -210,8 +210,8 @@ def test_evaluate_with_a_set_preference_function(bench, base_model):
 
 
 def test_chunks_respect_preference_boundaries():
-    assert _chunks(10, 4, None) == [(0, 4), (4, 8), (8, 10)]
-    assert _chunks(10, 4, 5) == [(0, 4), (4, 5), (5, 9), (9, 10)]
+    assert row_chunks(10, 4, None) == [(0, 4), (4, 8), (8, 10)]
+    assert row_chunks(10, 4, 5) == [(0, 4), (4, 5), (5, 9), (9, 10)]
 
 
 @pytest.mark.slow

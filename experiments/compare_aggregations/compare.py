@@ -22,6 +22,7 @@ import argparse
 import csv
 import gc
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,9 @@ def run_panacea(config: dict, m: int, method: str) -> tuple[Row, dict[str, float
     cli = run_lightning_cli(["fit", "--config", str(path)])
     seconds = time.perf_counter() - start
     sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
-    row = Row(m, method, dict(sweep.last_metrics), 1, cli.trainer.global_step, seconds, None)
-    row.result = sweep.last_result
+    row = Row(
+        m, method, dict(sweep.last_metrics), 1, cli.trainer.global_step, seconds, sweep.last_result
+    )
     path.unlink()
     return row, dict(sweep.first_metrics)
 
@@ -142,8 +144,6 @@ def run_baseline(config: dict, m: int, method: str) -> Row:
 
 
 def _write(config: dict) -> Path:
-    import tempfile
-
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(config, handle)
     return Path(handle.name)

@@ -52,24 +52,26 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 #: that sets `trainer.plugins` replaces this list, so it should list the plugin too.
 TRAINER_DEFAULTS = {"plugins": [{"class_path": "panacea_pl.plugins.AtomicCheckpointIO"}]}
 
+#: What every panacea-pl LightningCLI shares (`fit` & co. here, `baseline` in the runner):
+#: any module / datamodule subclass, omegaconf parsing, our optimiser hooks, atomic checkpoints.
+CLI_SETTINGS = {
+    "model_class": pl.LightningModule,
+    "datamodule_class": pl.LightningDataModule,
+    "subclass_mode_model": True,
+    "subclass_mode_data": True,
+    "parser_kwargs": {"parser_mode": "omegaconf"},
+    "save_config_kwargs": {"overwrite": True},
+    "trainer_defaults": TRAINER_DEFAULTS,
+    "auto_configure_optimizers": False,
+}
+
 
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
     """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing
     (with `panacea_pl.resolvers` registered, e.g. `${panacea.stories_model:}`), and atomic
     checkpoint writes by default (`TRAINER_DEFAULTS`)."""
     register_resolvers()
-    return LightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults=TRAINER_DEFAULTS,
-        auto_configure_optimizers=False,
-        args=argv,
-        run=run,
-    )
+    return LightningCLI(**CLI_SETTINGS, args=argv, run=run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from torch import nn
 
 from panacea_pl.layers.io import CONFIG_NAME, WEIGHTS_NAME, AdapterLoadError
 from panacea_pl.models import PanaceaPolicy
+from panacea_pl.modules.base import default_dimension_names
 from panacea_pl.objectives import MultiObjectiveDPOLoss
 from panacea_pl.preference import PreferenceLike, validate_preference
 
@@ -314,11 +315,7 @@ class BaselineFront(pl.LightningModule):
     @property
     def dimension_names(self) -> list[str]:
         if self._dimension_names is None:
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-            names = getattr(datamodule, "dimension_names", None)
-            self._dimension_names = (
-                list(names) if names else [f"dim{i}" for i in range(self.num_preferences)]
-            )
+            self._dimension_names = default_dimension_names(self)
         return self._dimension_names
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

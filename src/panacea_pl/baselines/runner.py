@@ -56,7 +56,7 @@ from panacea_pl.baselines.collection import (
 )
 from panacea_pl.baselines.module import FixedPreference
 from panacea_pl.callbacks import ParetoSweep
-from panacea_pl.cli import TRAINER_DEFAULTS
+from panacea_pl.cli import CLI_SETTINGS
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import save_adapter
 from panacea_pl.layers.io import CONFIG_NAME
@@ -143,18 +143,7 @@ class BaselineCLI(LightningCLI):
         register_resolvers()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            super().__init__(
-                pl.LightningModule,
-                pl.LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                parser_kwargs={"parser_mode": "omegaconf"},
-                save_config_kwargs={"overwrite": True},
-                auto_configure_optimizers=False,
-                trainer_defaults=TRAINER_DEFAULTS,
-                args=args,
-                run=False,
-            )
+            super().__init__(**CLI_SETTINGS, args=args, run=False)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(BaselineSettings, "baseline")

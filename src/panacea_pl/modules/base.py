@@ -25,6 +25,13 @@ def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=5e-4)
 
 
+def default_dimension_names(module: pl.LightningModule) -> list[str]:
+    """The datamodule's `dimension_names` if the trainer has one, else dim0 … dim{m−1}."""
+    trainer = module._trainer
+    names = getattr(getattr(trainer, "datamodule", None), "dimension_names", None)
+    return list(names) if names else [f"dim{i}" for i in range(module.num_preferences)]
+
+
 class PanaceaModule(pl.LightningModule):
     """Base LightningModule for Panacea (Algorithm 1 of the paper): each training batch draws
     λ ~ Dirichlet(α), computes the m per-dimension losses and optimises their aggregate.
@@ -82,11 +89,7 @@ class PanaceaModule(pl.LightningModule):
     @property
     def dimension_names(self) -> list[str]:
         if self._dimension_names is None:
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-            names = getattr(datamodule, "dimension_names", None)
-            self._dimension_names = (
-                list(names) if names else [f"dim{i}" for i in range(self.num_preferences)]
-            )
+            self._dimension_names = default_dimension_names(self)
         if len(self._dimension_names) != self.num_preferences:
             raise ValueError(
                 f"{len(self._dimension_names)} dimension names {self._dimension_names} for an "
@@ -193,8 +196,12 @@ class PanaceaModule(pl.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------
 
+    def optimizer_parameters(self):
+        """What the optimiser trains: the adapter's parameters (or parameter groups)."""
+        return self.policy.adapter.parameters()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.policy.adapter.parameters())
+        optimizer = self.optimizer_factory(self.optimizer_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -278,18 +278,12 @@ class PanaceaPPO(PanaceaModule):
             self._tokenizer = self.policy.tokenizer()
         return self._tokenizer
 
-    def configure_optimizers(self):
+    def optimizer_parameters(self) -> list[dict]:
+        """Two groups: the policy's adapter, and the critic (at `critic_lr` if given)."""
         critic_group = {"params": [p for p in self.critic.parameters() if p.requires_grad]}
         if self.critic_lr is not None:
             critic_group["lr"] = self.critic_lr
-        groups = [{"params": self.policy.adapter.parameters()}, critic_group]
-        optimizer = self.optimizer_factory(groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        return [{"params": self.policy.adapter.parameters()}, critic_group]
 
     # ---- rollouts -----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from panacea_pl.benchmarks.stories.optimum import TiltedFront, _rows
 from panacea_pl.benchmarks.stories.sampling import response_logprobs, sample_batch, torch_threads
 from panacea_pl.benchmarks.stories.scorers import Scorer, get_scorers, score_texts
+from panacea_pl.evaluation.generation import row_chunks
 from panacea_pl.layers import PanaceaAdapter
 from panacea_pl.pareto.front import hypervolume
 
@@ -163,7 +164,7 @@ def evaluate_policy(
         with keep_preference, torch.random.fork_rng(devices=[]), torch_threads(num_threads):
             torch.manual_seed(seed)
             for start, stop in tqdm(
-                _chunks(len(row_prompts), batch_size, None if per_sample else per_pref),
+                row_chunks(len(row_prompts), batch_size, None if per_sample else per_pref),
                 desc="evaluating policy",
                 disable=not progress,
             ):
@@ -206,16 +207,6 @@ def evaluate_policy(
         beta=optimum.beta,
         dimension_names=optimum.dimension_names,
     )
-
-
-def _chunks(total: int, size: int, boundary: int | None) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `size` rows, never crossing a multiple of `boundary`."""
-    edges = range(0, total, boundary) if boundary else [0]
-    out = []
-    for begin in edges:
-        end = min(begin + boundary, total) if boundary else total
-        out += [(s, min(s + size, end)) for s in range(begin, end, size)]
-    return out
 
 
 def _reference_logprobs(model, reference, batch) -> torch.Tensor:
