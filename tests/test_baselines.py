@@ -93,12 +93,8 @@ def logits(policy, batch, preference=None) -> torch.Tensor:
 
 def fit(module, model_dir, tmp_path, steps=3):
     data = TinyPairs(str(model_dir))
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,

@@ -22,6 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from transformers import AutoModelForCausalLM
 
 import stories_small
+import tiny
 from panacea_pl.benchmarks.stories import StoriesDataModule, StoriesPolicy
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import sequence_logprobs
@@ -95,18 +96,14 @@ def _train(rank: int, world: int, port: int, out: str, per_sample: bool) -> None
         2, batch_size=GLOBAL_BATCH // world, val_fraction=0.25, benchmark=stories_small.SMALL
     )
     strategy = DDPStrategy(process_group_backend="gloo") if world > 1 else "auto"
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = tiny.quiet_trainer(
         devices=world,
         strategy=strategy,
         max_steps=STEPS,
         val_check_interval=STEPS,
         limit_val_batches=VAL_BATCHES,
         num_sanity_val_steps=0,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=out,
     )
     trainer.fit(module, datamodule=data)

@@ -188,12 +188,9 @@ def test_sweep_with_the_datamodule_prompts(tiny_llama_dir, scorer_dir, tmp_path)
     )
     evaluator = RewardModelEvaluator(scorer_dir, max_prompts=2, max_new_tokens=4, progress=False)
     sweep = ParetoSweep(evaluator, divisions=2)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_steps=2,
-        accelerator="cpu",
         logger=pl.loggers.CSVLogger(tmp_path),
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         callbacks=[sweep],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import wandb
@@ -50,14 +49,11 @@ def test_wandb_falls_back_to_offline_and_the_run_goes_on(
         PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
     )
     logger = WandbLogger(project="panacea-test", save_dir=str(tmp_path))
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_steps=2,
-        accelerator="cpu",
         logger=logger,
         log_every_n_steps=1,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     loader = DataLoader(rows, batch_size=2, collate_fn=collate)

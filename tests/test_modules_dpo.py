@@ -62,12 +62,8 @@ def test_one_hot_lambda_is_plain_dpo_against_the_base_model(tiny_model_dir):
 
 def fit(module, rows, collate, tmp_path, steps, **trainer_kwargs):
     loader = DataLoader(rows, batch_size=2, collate_fn=collate, shuffle=False)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         **trainer_kwargs,
     )
@@ -194,12 +190,8 @@ def test_resumed_fit_continues_the_same_lambda_sequence_and_weights(tiny_llama_d
         torch.manual_seed(0)
         module = RecordingDPO(policy(tiny_llama_dir), seed=5)
         loader = DataLoader(rows, batch_size=2, collate_fn=collate)
-        trainer = pl.Trainer(
+        trainer = tiny.quiet_trainer(
             max_epochs=max_epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             default_root_dir=root,
             num_sanity_val_steps=0,
             callbacks=[pl.callbacks.ModelCheckpoint(dirpath=root, save_last=True)],

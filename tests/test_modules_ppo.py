@@ -138,12 +138,10 @@ def fit(module, tmp_path, epochs=2, validate=False, **trainer_kwargs) -> pl.Trai
     rows = prompt_rows(module.policy.model_name_or_path)
     collate = PromptCollator(module.tokenizer.pad_token_id)
     loader = DataLoader(rows, batch_size=2, collate_fn=collate)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_epochs=epochs,
         logger=pl.loggers.CSVLogger(tmp_path, name="ppo"),
         log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         **trainer_kwargs,
     )
@@ -353,13 +351,10 @@ def test_short_stories_run_moves_the_front_toward_the_optimum(shared_data, tmp_p
     )
     evaluator = StoriesEvaluator(num_dimensions=2, samples_per_prompt=4)
     sweep = ParetoSweep(evaluator, divisions=4, every_n_epochs=0, sweep_on_fit_start=True)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_epochs=ITERATIONS,
         callbacks=[sweep],
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     start = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -14,12 +13,8 @@ from panacea_pl.modules import RewardModelModule
 
 def train(module, rows, collate, tmp_path, steps=40):
     loader = DataLoader(rows, batch_size=4, collate_fn=collate)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         default_root_dir=tmp_path,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -58,11 +57,8 @@ def test_sweep_logs_files_metrics_and_wandb_offline(tiny_llama_dir, tmp_path, mo
     module, loader = module_and_loader(tiny_llama_dir)
     sweep = ParetoSweep(ImplicitRewardEvaluator(pairs=loader), divisions=4)
     wandb_logger = WandbLogger(project="panacea-test", save_dir=str(tmp_path), offline=True)
-    trainer = pl.Trainer(
+    trainer = tiny.quiet_trainer(
         max_epochs=2,
-        accelerator="cpu",
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         default_root_dir=tmp_path,
         logger=[CSVLogger(tmp_path), wandb_logger],

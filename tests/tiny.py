@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -127,3 +128,14 @@ def pair_rows(model_dir):
             }
         )
     return rows, PreferenceCollator(pad_token_id=tok.pad_token_id)
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU Trainer with no logger, progress bar or model summary (each can be overridden)."""
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**(defaults | kwargs))
