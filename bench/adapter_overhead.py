@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip-generation", action="store_true", help="training and switch only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_params = sum(p.numel() for p in build().parameters())
@@ -205,6 +206,8 @@ def main() -> None:
     frac = switch_cost(args)
     print(f"\nswitching λ: {100 * frac:.4f}% of one forward pass (target < 1%)")
 
+    if args.skip_generation:
+        return
     base_speedup, ours_speedup = generation_speedups(args)
     print(f"\ngeneration for an 11-point λ grid, {args.new_tokens} new tokens")
     print(f"  base model: one batch of 11 vs 11 calls  speed-up {base_speedup:.2f}x")

@@ -19,6 +19,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from panacea_pl.layers.config import PanaceaConfig
+from panacea_pl.layers.functional import panacea_linear
 
 
 @dataclass
@@ -91,10 +92,9 @@ class PanaceaLinear(nn.Module):
         return delta.T if self.is_conv1d else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         state = self.state
         if not state.enabled or state.merged_preference is not None:
-            return out
+            return self.base_layer(x)
         if state.preference is None:
             raise RuntimeError(
                 "no preference set on the Panacea adapter: call adapter.set_preference(λ) or use "
@@ -102,15 +102,35 @@ class PanaceaLinear(nn.Module):
             )
         d = self.singular_values(state.preference)
         if d.dim() == 2:
-            d = _broadcast_rows(d, x)
-        h = F.linear(self.dropout(x).to(self.panacea_V.dtype), self.panacea_V) * d
-        if h.dtype != out.dtype:
-            return out + F.linear(h, self.panacea_U).to(out.dtype)
-        # out + h Uᵀ as one GEMM with the add in its epilogue (saves a pass over the output)
-        flat = torch.addmm(
-            out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), self.panacea_U.T
+            d = _repeat_rows(d, x)
+        if self._fused(x):
+            weight = self.base_layer.weight
+            weight = weight.T if self.is_conv1d else weight
+            return panacea_linear(
+                x, weight, self.base_layer.bias, self.panacea_V, d, self.panacea_U
+            )
+        return self._forward_composed(x, d)
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the one-function path applies: plain base layer, one dtype, no dropout or
+        autocast to honour, and per-sample λ only over a batch dimension."""
+        base = self.base_layer
+        return (
+            type(base) in (nn.Linear, Conv1D)
+            and not (base._forward_hooks or base._forward_pre_hooks)
+            and x.dtype == base.weight.dtype == self.panacea_V.dtype
+            and x.dim() >= 2
+            and not (self.training and isinstance(self.dropout, nn.Dropout))
+            and not torch.is_autocast_enabled(x.device.type)
         )
-        return flat.view(out.shape)
+
+    def _forward_composed(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """The same map from separate ops (dropout, autocast and mixed dtypes go this way)."""
+        out = self.base_layer(x)
+        if d.dim() == 2:
+            d = d.view(d.shape[0], *([1] * (x.dim() - 2)), d.shape[-1])
+        h = F.linear(self.dropout(x).to(self.panacea_V.dtype), self.panacea_V) * d
+        return out + F.linear(h, self.panacea_U).to(out.dtype)
 
     def orthogonality_penalty(self) -> torch.Tensor:
         """AdaLoRA's ‖UᵀU − I‖²_F + ‖VVᵀ − I‖²_F for this layer."""
@@ -125,17 +145,17 @@ class PanaceaLinear(nn.Module):
         )
 
 
-def _broadcast_rows(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape per-sample singular values [B, r] to broadcast over x [N, ..., in].
+def _repeat_rows(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample singular values [B, r] with one row per sequence of x [N, ..., in].
 
     N may be a multiple of B (generate with num_return_sequences repeats each row in place).
     """
     rows, n = d.shape[0], x.shape[0]
-    if n != rows:
-        if n % rows:
-            raise RuntimeError(
-                f"per-sample preference has {rows} rows but the batch has {n} sequences; set one "
-                f"λ row per sequence (or a single λ of shape [m] for the whole batch)"
-            )
-        d = d.repeat_interleave(n // rows, dim=0)
-    return d.view(n, *([1] * (x.dim() - 2)), d.shape[-1])
+    if n == rows:
+        return d
+    if n % rows:
+        raise RuntimeError(
+            f"per-sample preference has {rows} rows but the batch has {n} sequences; set one "
+            f"λ row per sequence (or a single λ of shape [m] for the whole batch)"
+        )
+    return d.repeat_interleave(n // rows, dim=0)

@@ -1,0 +1,112 @@
+"""The fused Panacea linear function against autograd on the composed ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.layers.functional import panacea_linear
+from panacea_pl.layers.layer import AdapterState, PanaceaLinear
+
+
+def composed(x, weight, bias, V, d, U):
+    """The reference: y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ with plain autograd ops."""
+    if d.dim() == 2:
+        d = d.view(d.shape[0], *([1] * (x.dim() - 2)), d.shape[-1])
+    out = x @ weight.T + ((x @ V.T) * d) @ U.T
+    return out if bias is None else out + bias
+
+
+def inputs(per_sample: bool, bias: bool, shape=(4, 6, 5), out_features=7, rank=3):
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    d = rand(shape[0], rank) if per_sample else rand(rank)
+    return (
+        rand(*shape),
+        rand(out_features, shape[-1]),
+        rand(out_features) if bias else None,
+        rand(rank, shape[-1]),
+        d,
+        rand(out_features, rank),
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_matches_composed_values_and_gradients(threads, per_sample, bias):
+    """Both the single-GEMM path (1 thread) and the token-split path (2 threads, even N)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args = inputs(per_sample, bias)
+        grad_out = torch.randn(4, 6, 7, dtype=torch.float64)
+        fused = panacea_linear(*args)
+        wanted = composed(*args)
+        torch.testing.assert_close(fused, wanted)
+        named = [
+            (n, a)
+            for n, a in zip(["x", "W", "b", "V", "d", "U"], args, strict=True)
+            if a is not None
+        ]
+        tensors = [a for _, a in named]
+        got = torch.autograd.grad(fused, tensors, grad_out)
+        expected = torch.autograd.grad(wanted, tensors, grad_out)
+        for (name, _), a, b in zip(named, got, expected, strict=True):
+            torch.testing.assert_close(a, b, msg=lambda m, n=name: f"gradient of {n}: {m}")
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_gradcheck(per_sample):
+    assert torch.autograd.gradcheck(panacea_linear, inputs(per_sample, bias=True, shape=(2, 3, 4)))
+
+
+def test_odd_token_count_and_frozen_inputs():
+    """N not divisible by the thread count; no gradient asked for x, W or b."""
+    x, weight, bias, V, d, U = inputs(per_sample=True, bias=True, shape=(3, 5, 4))
+    x, weight, bias = (t.detach() for t in (x, weight, bias))
+    grads = torch.autograd.grad(panacea_linear(x, weight, bias, V, d, U).sum(), (V, d, U))
+    wanted = torch.autograd.grad(composed(x, weight, bias, V, d, U).sum(), (V, d, U))
+    for a, b in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("base_cls", [nn.Linear, Conv1D])
+def test_layer_takes_the_fused_path_and_matches_the_composed_one(base_cls):
+    """PanaceaLinear gives the same outputs and gradients through either path (GPT-2's Conv1D too)."""
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5) if base_cls is nn.Linear else Conv1D(5, 6)
+    state = AdapterState(PanaceaConfig(rank=2, num_preferences=2))
+    layer = PanaceaLinear(base, state)
+    with torch.no_grad():
+        layer.panacea_U.normal_()
+    state.preference = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    assert layer._fused(x)
+    d = layer.singular_values(state.preference)
+    fused = layer(x)
+    composed_out = layer._forward_composed(x, d)
+    torch.testing.assert_close(fused, composed_out)
+    params = [x, *layer.parameters()]
+    params = [p for p in params if p.requires_grad]
+    got = torch.autograd.grad(fused.square().sum(), params)
+    wanted = torch.autograd.grad(composed_out.square().sum(), params)
+    for a, b in zip(got, wanted, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_and_mixed_dtypes_take_the_composed_path():
+    base = nn.Linear(6, 5)
+    layer = PanaceaLinear(base, AdapterState(PanaceaConfig(rank=2, dropout=0.1)))
+    x = torch.randn(2, 3, 6)
+    assert not layer.train()._fused(x)
+    assert layer.eval()._fused(x)
+    assert not layer._fused(x.to(torch.bfloat16))
