@@ -11,50 +11,55 @@ from panacea_pl.layers import PanaceaConfig
 from panacea_pl.layers.functional import panacea_linear
 from panacea_pl.layers.layer import AdapterState, PanaceaLinear
 
+NAMES = ["x", "W", "b", "V", "sigma", "scale", "U"]
 
-def composed(x, weight, bias, V, d, U):
-    """The reference: y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ with plain autograd ops."""
+
+def composed(x, weight, bias, V, sigma, scale, lam, U, scaling):
+    """The reference: y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ, d = c·[σ, s·λ], with plain autograd ops."""
+    d = torch.cat([sigma.expand(*lam.shape[:-1], -1), scale * lam], -1) * scaling
     if d.dim() == 2:
         d = d.view(d.shape[0], *([1] * (x.dim() - 2)), d.shape[-1])
     out = x @ weight.T + ((x @ V.T) * d) @ U.T
     return out if bias is None else out + bias
 
 
-def inputs(per_sample: bool, bias: bool, shape=(4, 6, 5), out_features=7, rank=3):
+def inputs(per_sample: bool, bias: bool, shape=(4, 6, 5), out_features=7, k=3, m=2):
+    """(x, W, b, V, σ, s, λ, U) in float64, all but λ requiring grad."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*s):
         return torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
 
-    d = rand(shape[0], rank) if per_sample else rand(rank)
+    lam = torch.rand(shape[0], m, generator=g, dtype=torch.float64) if per_sample else None
+    lam = torch.tensor([0.3, 0.7], dtype=torch.float64) if lam is None else lam / lam.sum(1, True)
     return (
         rand(*shape),
         rand(out_features, shape[-1]),
         rand(out_features) if bias else None,
-        rand(rank, shape[-1]),
-        d,
-        rand(out_features, rank),
+        rand(k + m, shape[-1]),
+        rand(k),
+        rand(1),
+        lam,
+        rand(out_features, k + m),
     )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fused_matches_composed_values_and_gradients(threads, per_sample, bias):
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+def test_fused_matches_composed_values_and_gradients(threads, per_sample, bias, scaling):
     """Both the single-GEMM path (1 thread) and the token-split path (2 threads, even N)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         args = inputs(per_sample, bias)
         grad_out = torch.randn(4, 6, 7, dtype=torch.float64)
-        fused = panacea_linear(*args)
-        wanted = composed(*args)
+        fused = panacea_linear(*args, scaling)
+        wanted = composed(*args, scaling)
         torch.testing.assert_close(fused, wanted)
-        named = [
-            (n, a)
-            for n, a in zip(["x", "W", "b", "V", "d", "U"], args, strict=True)
-            if a is not None
-        ]
+        trainable = [a for i, a in enumerate(args) if i != 6]
+        named = [(n, a) for n, a in zip(NAMES, trainable, strict=True) if a is not None]
         tensors = [a for _, a in named]
         got = torch.autograd.grad(fused, tensors, grad_out)
         expected = torch.autograd.grad(wanted, tensors, grad_out)
@@ -66,37 +71,42 @@ def test_fused_matches_composed_values_and_gradients(threads, per_sample, bias):
 
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_gradcheck(per_sample):
-    assert torch.autograd.gradcheck(panacea_linear, inputs(per_sample, bias=True, shape=(2, 3, 4)))
+    args = inputs(per_sample, bias=True, shape=(2, 3, 4))
+    assert torch.autograd.gradcheck(lambda *a: panacea_linear(*a, 0.5), args)
 
 
 def test_odd_token_count_and_frozen_inputs():
     """N not divisible by the thread count; no gradient asked for x, W or b."""
-    x, weight, bias, V, d, U = inputs(per_sample=True, bias=True, shape=(3, 5, 4))
+    x, weight, bias, V, sigma, scale, lam, U = inputs(per_sample=True, bias=True, shape=(3, 5, 4))
     x, weight, bias = (t.detach() for t in (x, weight, bias))
-    grads = torch.autograd.grad(panacea_linear(x, weight, bias, V, d, U).sum(), (V, d, U))
-    wanted = torch.autograd.grad(composed(x, weight, bias, V, d, U).sum(), (V, d, U))
+    trained = (V, sigma, scale, U)
+    grads = torch.autograd.grad(
+        panacea_linear(x, weight, bias, V, sigma, scale, lam, U).sum(), trained
+    )
+    wanted = torch.autograd.grad(
+        composed(x, weight, bias, V, sigma, scale, lam, U, 1.0).sum(), trained
+    )
     for a, b in zip(grads, wanted, strict=True):
         torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("base_cls", [nn.Linear, Conv1D])
-def test_layer_takes_the_fused_path_and_matches_the_composed_one(base_cls):
-    """PanaceaLinear gives the same outputs and gradients through either path (GPT-2's Conv1D too)."""
+def test_layer_fused_path_matches_its_composed_path(base_cls):
+    """PanaceaLinear gives the same outputs and gradients either way (GPT-2's Conv1D too)."""
     torch.manual_seed(0)
     base = nn.Linear(6, 5) if base_cls is nn.Linear else Conv1D(5, 6)
-    state = AdapterState(PanaceaConfig(rank=2, num_preferences=2))
+    state = AdapterState(PanaceaConfig(rank=2, num_preferences=2, alpha=2.0))
     layer = PanaceaLinear(base, state)
     with torch.no_grad():
         layer.panacea_U.normal_()
+        layer.panacea_sigma.normal_()
     state.preference = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
     x = torch.randn(2, 3, 6, requires_grad=True)
     assert layer._fused(x)
-    d = layer.singular_values(state.preference)
     fused = layer(x)
-    composed_out = layer._forward_composed(x, d)
+    composed_out = layer._forward_composed(x, layer.singular_values(state.preference))
     torch.testing.assert_close(fused, composed_out)
-    params = [x, *layer.parameters()]
-    params = [p for p in params if p.requires_grad]
+    params = [x, *(p for p in layer.parameters() if p.requires_grad)]
     got = torch.autograd.grad(fused.square().sum(), params)
     wanted = torch.autograd.grad(composed_out.square().sum(), params)
     for a, b in zip(got, wanted, strict=True):

@@ -77,32 +77,44 @@ def _add_low_rank_(out: torch.Tensor, h_t: torch.Tensor, b: torch.Tensor) -> Non
     )
 
 
-class PanaceaLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ for x [..., in], W [out, in], V [r, in], U [out, r].
+def singular_values(
+    sigma: torch.Tensor, scale: torch.Tensor, preference: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """d = c · [σ_1 … σ_k, s·λ_1 … s·λ_m]: [k + m] for λ [m], [B, k + m] for λ [B, m]."""
+    sigma = sigma.expand(*preference.shape[:-1], sigma.shape[0])
+    d = torch.cat([sigma, scale * preference], dim=-1)
+    return d if scaling == 1.0 else d * scaling
 
-    d is [r] or [B, r] with B = x.shape[0]; every tensor has the same dtype and device. The
+
+class PanaceaLinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ for x [..., in], W [out, in], V [r, in], U [out, r],
+    with d = `singular_values(σ, s, λ, c)` built inside, so it adds no autograd nodes.
+
+    λ is [m] or [B, m] with B = x.shape[0]; every tensor has the same dtype and device. The
     rank-r intermediates are kept r-major ([r, N], contiguous) for the fast GEMM layouts.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, V, d, U):
+    def forward(ctx, x, weight, bias, V, sigma, scale, preference, U, scaling):
+        d = singular_values(sigma, scale, preference, scaling)
+        ctx.scaling, ctx.rank = scaling, sigma.shape[0]
         x2 = x.reshape(-1, x.shape[-1])
         xv_t = _small_times_tokens(V, x2)
         hd_t = _scale(xv_t, d)
         out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
         _add_low_rank_(out, hd_t, U.T)
-        ctx.save_for_backward(x2, weight, V, d, U, xv_t, hd_t)
+        ctx.save_for_backward(x2, weight, V, d, U, xv_t, hd_t, preference)
         ctx.x_shape = x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        x2, weight, V, d, U, xv_t, hd_t = ctx.saved_tensors
-        need_x, need_w, need_b, need_v, need_d, need_u = ctx.needs_input_grad
+        x2, weight, V, d, U, xv_t, hd_t, preference = ctx.saved_tensors
+        need_x, need_w, need_b, need_v, need_sigma, need_scale, _, need_u, _ = ctx.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])
         gu_t = _small_times_tokens(U.T.contiguous(), g2)  # (g U)ᵀ: [r, N]
         gud_t = _scale(gu_t, d)
-        grad_x = grad_w = grad_b = grad_v = grad_d = grad_u = None
+        grad_x = grad_w = grad_b = grad_v = grad_sigma = grad_scale = grad_u = None
         if need_x:
             grad_x = g2 @ weight
             _add_low_rank_(grad_x, gud_t, V)
@@ -113,13 +125,17 @@ class PanaceaLinearFunction(torch.autograd.Function):
             grad_b = g2.sum(0)
         if need_v:
             grad_v = _tokens_times_tokens(gud_t, x2)
-        if need_d:
-            grad_d = _reduce(gu_t * xv_t, d)
+        if need_sigma or need_scale:
+            grad_d = _reduce(gu_t * xv_t, d) * ctx.scaling
+            grad_d = grad_d.view(-1, grad_d.shape[-1])
+            grad_sigma = grad_d[:, : ctx.rank].sum(0)
+            lam = preference.reshape(-1, preference.shape[-1])
+            grad_scale = (grad_d[:, ctx.rank :] * lam).sum().view(1)
         if need_u:
             grad_u = _tokens_times_tokens(hd_t, g2).T
-        return grad_x, grad_w, grad_b, grad_v, grad_d, grad_u
+        return grad_x, grad_w, grad_b, grad_v, grad_sigma, grad_scale, None, grad_u, None
 
 
-def panacea_linear(x, weight, bias, V, d, U) -> torch.Tensor:
+def panacea_linear(x, weight, bias, V, sigma, scale, preference, U, scaling=1.0):
     """Functional form of `PanaceaLinearFunction` (see its docstring for shapes)."""
-    return PanaceaLinearFunction.apply(x, weight, bias, V, d, U)
+    return PanaceaLinearFunction.apply(x, weight, bias, V, sigma, scale, preference, U, scaling)

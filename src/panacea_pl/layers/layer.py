@@ -19,7 +19,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from panacea_pl.layers.config import PanaceaConfig
-from panacea_pl.layers.functional import panacea_linear
+from panacea_pl.layers.functional import panacea_linear, singular_values
 
 
 @dataclass
@@ -83,8 +83,7 @@ class PanaceaLinear(nn.Module):
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
         """c · d(λ): [k + m] for λ of shape [m], [B, k + m] for λ of shape [B, m]."""
         lam = preference.to(self.panacea_scale.dtype)
-        sigma = self.panacea_sigma.expand(*lam.shape[:-1], self.rank)
-        return torch.cat([sigma, self.panacea_scale * lam], dim=-1) * self.scaling
+        return singular_values(self.panacea_sigma, self.panacea_scale, lam, self.scaling)
 
     def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
         """The update c · U diag(d(λ)) V for one λ, shaped like the base weight."""
@@ -100,16 +99,23 @@ class PanaceaLinear(nn.Module):
                 "no preference set on the Panacea adapter: call adapter.set_preference(λ) or use "
                 "`with adapter.preference(λ):` before the forward pass"
             )
-        d = self.singular_values(state.preference)
-        if d.dim() == 2:
-            d = _repeat_rows(d, x)
+        lam = state.preference
+        if lam.dim() == 2:
+            lam = _repeat_rows(lam, x)
         if self._fused(x):
             weight = self.base_layer.weight
-            weight = weight.T if self.is_conv1d else weight
             return panacea_linear(
-                x, weight, self.base_layer.bias, self.panacea_V, d, self.panacea_U
+                x,
+                weight.T if self.is_conv1d else weight,
+                self.base_layer.bias,
+                self.panacea_V,
+                self.panacea_sigma,
+                self.panacea_scale,
+                lam.to(self.panacea_scale.dtype),
+                self.panacea_U,
+                self.scaling,
             )
-        return self._forward_composed(x, d)
+        return self._forward_composed(x, self.singular_values(lam))
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether the one-function path applies: plain base layer, one dtype, no dropout or
@@ -145,17 +151,17 @@ class PanaceaLinear(nn.Module):
         )
 
 
-def _repeat_rows(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample singular values [B, r] with one row per sequence of x [N, ..., in].
+def _repeat_rows(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample rows [B, ·] (λ) repeated to one row per sequence of x [N, ..., in].
 
     N may be a multiple of B (generate with num_return_sequences repeats each row in place).
     """
-    rows, n = d.shape[0], x.shape[0]
-    if n == rows:
-        return d
-    if n % rows:
+    b, n = rows.shape[0], x.shape[0]
+    if n == b:
+        return rows
+    if n % b:
         raise RuntimeError(
-            f"per-sample preference has {rows} rows but the batch has {n} sequences; set one "
+            f"per-sample preference has {b} rows but the batch has {n} sequences; set one "
             f"λ row per sequence (or a single λ of shape [m] for the whole batch)"
         )
-    return d.repeat_interleave(n // rows, dim=0)
+    return rows.repeat_interleave(n // b, dim=0)

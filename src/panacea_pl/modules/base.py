@@ -22,7 +22,7 @@ SAMPLER_STATE_KEY = "panacea_preference_sampler"
 
 
 def _adamw(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=5e-4)
+    return torch.optim.AdamW(params, lr=5e-4, fused=True)
 
 
 def default_dimension_names(module: pl.LightningModule) -> list[str]:

@@ -24,7 +24,7 @@ from panacea_pl.objectives import BradleyTerryLoss, SafetyCostLoss
 
 
 def _adamw(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-4)
+    return torch.optim.AdamW(params, lr=1e-4, fused=True)
 
 
 class RewardModelModule(pl.LightningModule):
