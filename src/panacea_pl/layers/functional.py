@@ -22,7 +22,8 @@ def singular_values(
     sigma: torch.Tensor, scale: torch.Tensor, preference: torch.Tensor, scaling: float
 ) -> torch.Tensor:
     """d = c · [σ_1 … σ_k, s·λ_1 … s·λ_m]: [k + m] for λ [m], [B, k + m] for λ [B, m]."""
-    sigma = sigma.expand(*preference.shape[:-1], sigma.shape[0])
+    if preference.dim() > 1:
+        sigma = sigma.expand(*preference.shape[:-1], sigma.shape[0])
     d = torch.cat([sigma, scale * preference], dim=-1)
     return d if scaling == 1.0 else d * scaling
 
@@ -69,8 +70,12 @@ class PanaceaLinearFunction(torch.autograd.Function):
         xb = x2.view(blocks, -1, x2.shape[-1])
         xv = torch.bmm(V.expand(blocks, -1, -1), xb.transpose(1, 2))  # [blocks, r, n]
         hd = _scale(xv, d)
-        out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
-        out.view(blocks, -1, out.shape[-1]).baddbmm_(hd.transpose(1, 2), U.T.expand(blocks, -1, -1))
+        u_t = U.T.expand(blocks, -1, -1)
+        if bias is None:  # low-rank part first: the big GEMM then adds into it at no extra pass
+            out = torch.bmm(hd.transpose(1, 2), u_t).view(x2.shape[0], -1).addmm_(x2, weight.T)
+        else:
+            out = torch.addmm(bias, x2, weight.T)
+            out.view(blocks, -1, out.shape[-1]).baddbmm_(hd.transpose(1, 2), u_t)
         ctx.save_for_backward(xb, weight, V, d, U, xv, hd, preference)
         ctx.x_shape, ctx.scaling, ctx.rank = x.shape, scaling, sigma.shape[0]
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -85,8 +90,8 @@ class PanaceaLinearFunction(torch.autograd.Function):
         gud = _scale(gu, d)
         grad_x = grad_w = grad_b = grad_v = grad_sigma = grad_scale = grad_u = None
         if need_x:
-            grad_x = (gb @ weight).baddbmm_(gud.transpose(1, 2), V.expand(blocks, -1, -1))
-            grad_x = grad_x.view(ctx.x_shape)
+            grad_x = torch.bmm(gud.transpose(1, 2), V.expand(blocks, -1, -1))
+            grad_x = grad_x.view(-1, V.shape[1]).addmm_(gb.flatten(0, 1), weight).view(ctx.x_shape)
         if need_w:
             grad_w = gb.flatten(0, 1).T @ xb.flatten(0, 1)
         if need_b:
@@ -94,11 +99,13 @@ class PanaceaLinearFunction(torch.autograd.Function):
         if need_v:
             grad_v = torch.bmm(gud, xb).sum(0)
         if need_sigma or need_scale:
-            grad_d = _reduce(gu * xv, d) * ctx.scaling
-            grad_d = grad_d.view(-1, grad_d.shape[-1])
-            grad_sigma = grad_d[:, : ctx.rank].sum(0)
-            lam = preference.reshape(-1, preference.shape[-1])
-            grad_scale = (grad_d[:, ctx.rank :] * lam).sum().view(1)
+            grad_d = _reduce(gu * xv, d)
+            if ctx.scaling != 1.0:
+                grad_d = grad_d * ctx.scaling
+            grad_sigma, grad_lam = grad_d[..., : ctx.rank], grad_d[..., ctx.rank :]
+            if d.dim() == 2:
+                grad_sigma = grad_sigma.sum(0)
+            grad_scale = (grad_lam * preference).sum().view(1)
         if need_u:
             grad_u = torch.bmm(hd, gb).sum(0).T
         return grad_x, grad_w, grad_b, grad_v, grad_sigma, grad_scale, None, grad_u, None
