@@ -1,6 +1,6 @@
 """Adapter overhead, side by side in one run: frozen base vs PEFT LoRA vs Panacea.
 
-    make bench            # or: python bench/adapter_overhead.py [--steps 10] [--batch 8 --seq 128]
+    make bench            # or: python bench/adapter_overhead.py [--steps 20] [--batch 8 --seq 128]
 
 Prints, for a ~20M-parameter Llama-style model on CPU (random weights; speed does not depend on
 them), the median training-step time of
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per contender")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per contender")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -120,3 +120,34 @@ def test_dropout_and_mixed_dtypes_take_the_composed_path():
     assert not layer.train()._fused(x)
     assert layer.eval()._fused(x)
     assert not layer._fused(x.to(torch.bfloat16))
+
+
+def test_bf16_adapter_on_bf16_base_takes_the_fused_path():
+    """All-bf16 layers run fused and agree with the composed ops to bf16 precision."""
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12).to(torch.bfloat16)
+    state = AdapterState(PanaceaConfig(rank=4, num_preferences=2, dtype="bfloat16"))
+    layer = PanaceaLinear(base, state)
+    with torch.no_grad():
+        layer.panacea_U.normal_()
+    state.preference = torch.tensor([0.25, 0.75])
+    x = torch.randn(4, 8, 16, dtype=torch.bfloat16, requires_grad=True)
+    assert layer._fused(x)
+    fused = layer(x)
+    composed_out = layer._forward_composed(x, layer.singular_values(state.preference))
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, composed_out, atol=0.05, rtol=0.02)
+    (grad_u,) = torch.autograd.grad(fused.float().square().sum(), [layer.panacea_U])
+    (wanted,) = torch.autograd.grad(composed_out.float().square().sum(), [layer.panacea_U])
+    torch.testing.assert_close(grad_u.float(), wanted.float(), atol=0.5, rtol=0.05)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_empty_batch(per_sample):
+    x, weight, bias, V, sigma, scale, lam, U = inputs(per_sample, bias=True)
+    x = x[:0].detach().requires_grad_(True)
+    lam = lam[:0] if per_sample else lam
+    out = panacea_linear(x, weight, bias, V, sigma, scale, lam, U)
+    assert out.shape == (0, 6, 7)
+    out.sum().backward()
+    assert torch.equal(V.grad, torch.zeros_like(V))

@@ -33,7 +33,7 @@ def _token_blocks(tokens: int, d: torch.Tensor, device: torch.device) -> int:
     for per-sample d); one block on GPUs."""
     blocks = torch.get_num_threads() if device.type == "cpu" else 1
     rows = tokens if d.dim() == 1 else d.shape[0]
-    return blocks if blocks > 1 and rows % blocks == 0 else 1
+    return blocks if 1 < blocks <= rows and rows % blocks == 0 else 1
 
 
 def _scale(h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -43,15 +43,16 @@ def _scale(h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     blocks, r, n = h.shape
     per_block = d.shape[0] // blocks
     d = d.view(blocks, per_block, r).transpose(1, 2).unsqueeze(-1)  # [blocks, r, B/blocks, 1]
-    return (h.view(blocks, r, per_block, -1) * d).view(blocks, r, n)
+    return (h.view(blocks, r, per_block, n // max(per_block, 1)) * d).view(blocks, r, n)
 
 
 def _reduce(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """∂d from the per-token products p [blocks, r, n]: summed over tokens to d's shape."""
     if d.dim() == 1:
         return p.sum((0, 2))
-    blocks, r, _ = p.shape
-    per_sequence = p.view(blocks, r, d.shape[0] // blocks, -1).sum(-1)  # [blocks, r, B/blocks]
+    blocks, r, n = p.shape
+    per_block = d.shape[0] // blocks
+    per_sequence = p.view(blocks, r, per_block, n // max(per_block, 1)).sum(-1)
     return per_sequence.transpose(1, 2).reshape(d.shape)
 
 
