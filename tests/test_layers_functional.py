@@ -151,3 +151,26 @@ def test_empty_batch(per_sample):
     assert out.shape == (0, 6, 7)
     out.sum().backward()
     assert torch.equal(V.grad, torch.zeros_like(V))
+
+
+def test_autocast_takes_the_fused_path_in_autocast_dtype():
+    """fp32 layer under bf16 autocast: fused, bf16 output, fp32 gradients matching the
+    separate ops under the same autocast."""
+    torch.manual_seed(0)
+    layer = PanaceaLinear(nn.Linear(16, 12), AdapterState(PanaceaConfig(rank=4)))
+    with torch.no_grad():
+        layer.panacea_U.normal_()
+    layer.state.preference = torch.tensor([0.25, 0.75])
+    x = torch.randn(4, 8, 16)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._fused(x)
+        fused = layer(x)
+        composed_out = layer._forward_composed(x, layer.singular_values(layer.state.preference))
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, composed_out.to(torch.bfloat16), atol=0.05, rtol=0.02)
+    got = torch.autograd.grad(fused.float().square().sum(), params)
+    wanted = torch.autograd.grad(composed_out.float().square().sum(), params)
+    for a, b in zip(got, wanted, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=0.5, rtol=0.05)

@@ -7,6 +7,10 @@ U = 0, V has orthonormal rows, σ = 1 and s = 1. At step 0 the output is exactly
 U receives gradient c·d(λ)·(xVᵀ)ᵀg (non-zero because d(λ) ≠ 0 and V ≠ 0); σ, s and V receive
 gradient from the first optimiser step on, once U ≠ 0. This is LoRA's zero-B initialisation with
 the singular values in between, and it keeps the orthogonality regulariser's V term at 0.
+
+The forward and backward run as one autograd function (`functional.panacea_linear`, several
+times cheaper per step than autograd on the separate ops on CPU); dropout in training and a
+base and adapter of different dtypes outside autocast take the separate ops.
 """
 
 from __future__ import annotations
@@ -103,35 +107,47 @@ class PanaceaLinear(nn.Module):
         if lam.dim() == 2:
             lam = _repeat_rows(lam, x)
         if self._fused(x):
-            weight = self.base_layer.weight
-            return panacea_linear(
-                x,
-                weight.T if self.is_conv1d else weight,
-                self.base_layer.bias,
-                self.panacea_V,
-                self.panacea_sigma,
-                self.panacea_scale,
-                lam.to(self.panacea_scale.dtype),
-                self.panacea_U,
-                self.scaling,
-            )
+            return self._forward_fused(x, lam)
         return self._forward_composed(x, self.singular_values(lam))
 
     def _fused(self, x: torch.Tensor) -> bool:
-        """Whether the one-function path applies: plain base layer, one dtype, no dropout or
-        autocast to honour, and per-sample λ only over a batch dimension."""
+        """Whether `panacea_linear` applies: a plain base layer, one dtype (or autocast's), no
+        dropout to honour, and per-sample λ only over a batch dimension."""
         base = self.base_layer
         return (
             type(base) in (nn.Linear, Conv1D)
             and not (base._forward_hooks or base._forward_pre_hooks)
-            and x.dtype == base.weight.dtype == self.panacea_V.dtype
+            and (
+                x.dtype == base.weight.dtype == self.panacea_V.dtype
+                or torch.is_autocast_enabled(x.device.type)
+            )
             and x.dim() >= 2
             and not (self.training and isinstance(self.dropout, nn.Dropout))
-            and not torch.is_autocast_enabled(x.device.type)
         )
 
+    def _forward_fused(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """The layer as one autograd function; under autocast, in autocast's dtype."""
+        weight = self.base_layer.weight
+        tensors = [
+            x,
+            weight.T if self.is_conv1d else weight,
+            self.base_layer.bias,
+            self.panacea_V,
+            self.panacea_sigma,
+            self.panacea_scale,
+            lam.to(self.panacea_scale.dtype),
+            self.panacea_U,
+        ]
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return panacea_linear(*tensors, self.scaling)
+        dtype = torch.get_autocast_dtype(device)
+        tensors = [t if t is None else t.to(dtype) for t in tensors]
+        with torch.autocast(device, enabled=False):
+            return panacea_linear(*tensors, self.scaling)
+
     def _forward_composed(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """The same map from separate ops (dropout, autocast and mixed dtypes go this way)."""
+        """The same map from separate ops (dropout and mixed dtypes go this way)."""
         out = self.base_layer(x)
         if d.dim() == 2:
             d = d.view(d.shape[0], *([1] * (x.dim() - 2)), d.shape[-1])
