@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 import tiny
 from panacea_pl.data.collate import SFTCollator
-from panacea_pl.layers import PanaceaConfig
+from panacea_pl.layers import PanaceaConfig, PanaceaLinear
 from panacea_pl.models import PanaceaPolicy, sequence_logprobs
 from panacea_pl.modules import PanaceaDPO, PanaceaSFT
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
@@ -99,6 +99,37 @@ def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_pat
         "val/loss",
     ]:
         assert key in logged, sorted(logged)
+
+
+def test_bf16_mixed_training_lowers_the_loss(tiny_llama_dir, tmp_path, monkeypatch):
+    """The precision of the 7B configs: the adapter runs fused under autocast and learns."""
+
+    def not_fused(*args):
+        raise AssertionError("the adapter left the fused path under bf16-mixed")
+
+    monkeypatch.setattr(PanaceaLinear, "_forward_composed", not_fused)
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
+    module = PanaceaDPO(policy(tiny_llama_dir), optimizer=lambda p: torch.optim.Adam(p, lr=2e-2))
+    batch = collate(rows)
+    centre = torch.tensor([0.5, 0.5])
+
+    def loss_at_centre():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return module.aggregate(module.dimension_losses(batch, centre), centre).item()
+
+    before = loss_at_centre()
+    fit(
+        module,
+        rows,
+        collate,
+        tmp_path,
+        steps=20,
+        precision="bf16-mixed",
+        enable_checkpointing=False,
+    )
+    after = loss_at_centre()
+    assert after < before - 0.05
+    assert all(p.dtype == torch.float32 for p in module.policy.adapter.parameters())
 
 
 def test_tchebycheff_per_sample_training_runs(tiny_gpt2_dir, tmp_path):
