@@ -44,12 +44,13 @@ def inputs(per_sample: bool, bias: bool, shape=(4, 6, 5), out_features=7, k=3, m
     )
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("scaling", [1.0, 0.5])
 def test_fused_matches_composed_values_and_gradients(threads, per_sample, bias, scaling):
-    """Both the single-GEMM path (1 thread) and the token-split path (2 threads, even N)."""
+    """One token block (1 thread) and several (2 and 3 threads: per-sample λ splits by whole
+    sequences, so 3 threads give 3 blocks for one λ but 1 for 4 sequences)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

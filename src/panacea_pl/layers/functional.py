@@ -15,6 +15,8 @@ Autograd on the composed ops is correct but slow on CPU; this function removes t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -29,11 +31,12 @@ def singular_values(
 
 
 def _token_blocks(tokens: int, d: torch.Tensor, device: torch.device) -> int:
-    """One block of tokens per CPU thread when they split evenly (whole sequences per block
+    """Up to one block of tokens per CPU thread, splitting evenly (whole sequences per block
     for per-sample d); one block on GPUs."""
-    blocks = torch.get_num_threads() if device.type == "cpu" else 1
+    if device.type != "cpu":
+        return 1
     rows = tokens if d.dim() == 1 else d.shape[0]
-    return blocks if 1 < blocks <= rows and rows % blocks == 0 else 1
+    return max(math.gcd(torch.get_num_threads(), rows), 1)
 
 
 def _scale(h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
