@@ -1,6 +1,6 @@
 """Adapter overhead, side by side in one run: frozen base vs PEFT LoRA vs Panacea.
 
-    make bench            # or: python bench/adapter_overhead.py [--steps 20] [--batch 8 --seq 128]
+    make bench            # or: python bench/adapter_overhead.py [--steps 20 --repeats 3] [--seq 128]
 
 Prints, for a ~20M-parameter Llama-style model on CPU (random weights; speed does not depend on
 them), the median training-step time of
@@ -8,7 +8,8 @@ them), the median training-step time of
   (b) PEFT LoRA of rank k + m on the same modules,
   (c) Panacea (k general + m preference singular values), one λ per batch (the paper's and the
       default), and again with one λ per sequence,
-then b/a, c/a, c/b; the cost of switching λ as a fraction of one forward pass; and the speed-up of
+in several independent runs (the ratios' spread shows the machine's noise), then b/a, c/a, c/b
+and their medians over the runs; the cost of switching λ as a fraction of one forward pass; and the speed-up of
 generating for an 11-point λ grid as one per-sample batch over 11 sequential calls, beside the
 speed-up that plain batching gives the base model.
 """
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per contender")
+    parser.add_argument("--repeats", type=int, default=3, help="independent training runs")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -204,17 +206,24 @@ def main() -> None:
         f"rank {args.rank}+2, {args.threads} threads, torch {torch.__version__}"
     )
 
-    t = training_overhead(args)
-    a, b, c = t["a_frozen_base"], t["b_peft_lora"], t["c_panacea"]
-    print("\ntraining step (median seconds)")
-    print(f"  (a) frozen base, activation grads only  {a:.4f}")
-    print(f"  (b) PEFT LoRA r={args.rank + 2}                    {b:.4f}")
-    print(f"  (c) Panacea k={args.rank}, m=2                  {c:.4f}")
+    runs = [training_overhead(args) for _ in range(args.repeats)]
     print(
-        f"  b/a = {b / a:.3f}   c/a = {c / a:.3f} (target <= 1.10)   c/b = {c / b:.3f} (target <= 1.00)"
+        f"\ntraining step: median seconds of {args.steps} interleaved rounds, in "
+        f"{args.repeats} independent runs; c' = (c) with one λ per sequence"
     )
+    print("  run   (a) base  (b) PEFT  (c) ours       c'     b/a     c/a     c/b    c'/a")
+    ratios = []
+    for i, t in enumerate(runs, 1):
+        a, b, c, c1 = (t[k] for k in ("a_frozen_base", "b_peft_lora", "c_panacea", "c_per_sample"))
+        ratios.append((b / a, c / a, c / b, c1 / a))
+        print(
+            f"  {i:>3}  {a:9.4f} {b:9.4f} {c:9.4f} {c1:8.4f}"
+            + "".join(f" {r:7.3f}" for r in ratios[-1])
+        )
+    b_a, c_a, c_b, c1_a = (statistics.median(col) for col in zip(*ratios, strict=True))
     print(
-        f"  (c) with one λ per sequence instead of one per batch: c/a = {t['c_per_sample'] / a:.3f}"
+        f"  median of runs: b/a = {b_a:.3f}   c/a = {c_a:.3f} (target <= 1.10)   "
+        f"c/b = {c_b:.3f} (target <= 1.00)   c'/a = {c1_a:.3f}"
     )
 
     frac = switch_cost(args)
