@@ -9,9 +9,9 @@ them), the median training-step time of
   (c) Panacea (k general + m preference singular values), one λ per batch (the paper's and the
       default), and again with one λ per sequence,
 in several independent runs (the ratios' spread shows the machine's noise), then b/a, c/a, c/b
-and their medians over the runs; the cost of switching λ as a fraction of one forward pass; and the speed-up of
-generating for an 11-point λ grid as one per-sample batch over 11 sequential calls, beside the
-speed-up that plain batching gives the base model.
+and their medians over the runs; the cost of switching λ as a fraction of one forward pass; and
+the speed-up of generating for an 11-point λ grid as one per-sample batch over 11 sequential
+calls, beside the speed-up that plain batching gives the base model.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from panacea_pl.layers import PanaceaConfig, inject_adapter
+from panacea_pl.layers import PanaceaAdapter, PanaceaConfig, inject_adapter
 from panacea_pl.preference import simplex_grid
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -41,6 +41,13 @@ def build(seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=512,
     )
     return LlamaForCausalLM(config)
+
+
+def build_panacea(args) -> tuple[LlamaForCausalLM, PanaceaAdapter]:
+    """The same model with the Panacea adapter (k = args.rank, m = 2) on TARGETS."""
+    model = build()
+    config = PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
+    return model, inject_adapter(model, config)
 
 
 def step_timer(model, batch, params, *, embed_grad: bool):
@@ -88,15 +95,9 @@ def training_overhead(args) -> dict[str, float]:
             r=args.rank + 2, lora_alpha=args.rank + 2, target_modules=TARGETS, lora_dropout=0.0
         ),
     )
-    ours = build()
-    adapter = inject_adapter(
-        ours, PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
-    )
+    ours, adapter = build_panacea(args)
     adapter.set_preference([0.3, 0.7])
-    per_sample = build()
-    per_sample_adapter = inject_adapter(
-        per_sample, PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
-    )
+    per_sample, per_sample_adapter = build_panacea(args)
     per_sample_adapter.set_preference(
         torch.distributions.Dirichlet(torch.ones(2)).sample((args.batch,))
     )
@@ -118,10 +119,8 @@ def training_overhead(args) -> dict[str, float]:
 
 
 def switch_cost(args) -> float:
-    model = build().eval()
-    adapter = inject_adapter(
-        model, PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
-    )
+    model, adapter = build_panacea(args)
+    model.eval()
     adapter.set_preference([0.5, 0.5])
     batch = torch.randint(0, 2048, (args.batch, args.seq))
     with torch.no_grad():
@@ -152,10 +151,8 @@ def generation_speedups(args) -> tuple[float, float]:
         "pad_token_id": 0,
     }
     base = build().eval()
-    ours = build().eval()
-    adapter = inject_adapter(
-        ours, PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
-    )
+    ours, adapter = build_panacea(args)
+    ours.eval()
     batch = prompt.repeat(len(grid), 1)
 
     def base_sequential():

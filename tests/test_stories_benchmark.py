@@ -12,20 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+import stories_small
 from panacea_pl.benchmarks.stories import StoriesBenchmark, evaluate_policy, locate_checkpoint
 from panacea_pl.benchmarks.stories import benchmark as benchmark_module
 from panacea_pl.evaluation.generation import row_chunks
 from panacea_pl.layers import PanaceaAdapter, PanaceaConfig, inject_adapter
 
-SMALL = dict(
-    num_prompts=4,
-    reference_samples_per_prompt=128,
-    pair_responses_per_prompt=16,
-    pairs_per_prompt=32,
-    max_new_tokens=24,
-    batch_size=288,
-    progress=False,
-)
+# The training tests' small benchmark, with fewer prompts and more reference samples per prompt.
+SMALL = stories_small.SMALL | dict(num_prompts=4, reference_samples_per_prompt=128, batch_size=288)
 
 
 @pytest.fixture(scope="module")
