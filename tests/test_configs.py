@@ -159,7 +159,9 @@ def test_paper_setting_config(in_run_dir, capsys):
     assert trainer["precision"] == "bf16-mixed"
     policy = model["policy"]["init_args"]
     assert "7b" in policy["model_name_or_path"].lower() and policy["dtype"] == "bfloat16"
-    assert policy["adapter"]["num_preferences"] == 2
+    adapter = policy["adapter"]  # the adapter config is parsed as a class: {class_path, init_args}
+    assert adapter["class_path"] == "panacea_pl.layers.PanaceaConfig"
+    assert adapter["init_args"]["num_preferences"] == 2
     dims = [d["name"] for d in cfg["data"]["init_args"]["dimensions"]]
     assert dims == ["helpful", "harmless"]
     callbacks = {c["class_path"]: c["init_args"] for c in trainer["callbacks"]}

@@ -113,8 +113,8 @@ def test_tokenizer_of_other_size_is_rejected(stories_files, tmp_path):
 
 def test_cli(stories_files, tmp_path, capsys):
     checkpoint, tok_bin, _ = stories_files
-    out = main([str(checkpoint), str(tok_bin), str(tmp_path / "cli")])
-    assert (out / "config.json").is_file() and "wrote" in capsys.readouterr().out
+    assert main([str(checkpoint), str(tok_bin), str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "config.json").is_file() and "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing.bin"), str(tok_bin), str(tmp_path / "x")])
     assert exit_info.value.code == 2

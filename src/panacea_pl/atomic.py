@@ -10,7 +10,9 @@ plain PyTorch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +43,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         write(str(tmp))
         _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = _disk_full(err, tmp)
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if full is not None:
+            kept = "keeps its previous content" if path.exists() else "was not written"
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the disk holding {path.parent} while writing {path.name} "
+                f"({full} bytes written, then the disk was full). {path} {kept}; free some "
+                "space or write elsewhere",
+            ) from err
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _disk_full(err: BaseException, tmp: Path) -> int | None:
+    """The bytes written before a write failed for want of space, or None if it failed otherwise.
+
+    A writer that reports the OS error says ENOSPC or EDQUOT; torch's zip writer says only
+    "unexpected pos", so the disk's free space at the moment of failure decides.
+    """
+    try:
+        written = tmp.stat().st_size
+    except OSError:
+        return None
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return written
+    if not isinstance(err, Exception):
+        return None  # KeyboardInterrupt and the like
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        return None
+    return written if free < 64 * 1024 else None
 
 
 def _fsync(path: Path, flags: int) -> None:

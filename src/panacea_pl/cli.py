@@ -3,24 +3,36 @@
     panacea-pl fit --config experiments/stories/panacea_dpo.yaml      # LightningCLI subcommands:
     panacea-pl validate|test --config ... --ckpt_path ...             #   fit, validate, test
     panacea-pl fit --config X.yaml --model.init_args.aggregator.class_path=panacea_pl.objectives.Tchebycheff
+    panacea-pl fit --config X.yaml --ckpt_path <run>/checkpoints/last.ckpt   # resume after a crash
     panacea-pl demo                                                   # the README's first command
     panacea-pl baseline --config experiments/stories/dps.yaml          # DPS / rewarded soups
     panacea-pl convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR
 
 Model and data are given as `class_path` + `init_args`, so a subclass in the user's own module
-plugs in with no change here. Configs are read with omegaconf (`${...}` interpolation), and the
-resolved config is saved as `config.yaml` in every run's log folder.
+plugs in with no change here (`panacea_pl.lightning_cli`). Configs are read with omegaconf
+(`${...}` interpolation), and the resolved config is saved as `config.yaml` in every run's log
+folder. A bad input (a config that disagrees with itself, an unreadable checkpoint, a bad data
+row) ends the command with `panacea-pl: error: ...` and exit status 2; `PANACEA_VERBOSE=1`
+shows the traceback too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
-import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
-
-from panacea_pl.resolvers import register_resolvers
+from panacea_pl.config_checks import DimensionMismatchError
+from panacea_pl.data.errors import ConfigError, DataError
+from panacea_pl.layers.io import AdapterLoadError
+from panacea_pl.lightning_cli import (  # noqa: F401  (re-exported: the public CLI API)
+    CLI_SETTINGS,
+    TRAINER_DEFAULTS,
+    PanaceaCLI,
+    run_lightning_cli,
+)
+from panacea_pl.plugins.checkpoint_io import CheckpointError
+from panacea_pl.preference import PreferenceError
 
 
 def _demo(argv: list[str]) -> int:
@@ -47,38 +59,30 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "convert-llama2c": _convert,
 }
 
-
-#: Checkpoints are written atomically (see `panacea_pl.plugins.AtomicCheckpointIO`); a config
-#: that sets `trainer.plugins` replaces this list, so it should list the plugin too.
-TRAINER_DEFAULTS = {"plugins": [{"class_path": "panacea_pl.plugins.AtomicCheckpointIO"}]}
-
-#: What every panacea-pl LightningCLI shares (`fit` & co. here, `baseline` in the runner):
-#: any module / datamodule subclass, omegaconf parsing, our optimiser hooks, atomic checkpoints.
-CLI_SETTINGS = {
-    "model_class": pl.LightningModule,
-    "datamodule_class": pl.LightningDataModule,
-    "subclass_mode_model": True,
-    "subclass_mode_data": True,
-    "parser_kwargs": {"parser_mode": "omegaconf"},
-    "save_config_kwargs": {"overwrite": True},
-    "trainer_defaults": TRAINER_DEFAULTS,
-    "auto_configure_optimizers": False,
-}
-
-
-def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """LightningCLI over any LightningModule / LightningDataModule subclass, omegaconf parsing
-    (with `panacea_pl.resolvers` registered, e.g. `${panacea.stories_model:}`), and atomic
-    checkpoint writes by default (`TRAINER_DEFAULTS`)."""
-    register_resolvers()
-    return LightningCLI(**CLI_SETTINGS, args=argv, run=run)
+#: Errors that describe a bad input completely: shown as one message, without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
+    DimensionMismatchError,
+    ConfigError,
+    DataError,
+    AdapterLoadError,
+    PreferenceError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `panacea-pl ARGS`; returns the exit status."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    run_lightning_cli(argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        run_lightning_cli(None if from_command_line else argv)
+    except USER_ERRORS as err:
+        if os.environ.get("PANACEA_VERBOSE") == "1":
+            raise
+        print(f"panacea-pl: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark, default_data_dir
 from panacea_pl.callbacks import ParetoSweep
+from panacea_pl.lightning_cli import run_lightning_cli
 
 DEFAULT_CONFIG = Path("experiments/stories/panacea_dpo.yaml")
 
@@ -58,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"      ready in {time.perf_counter() - start:.0f} s; pairs: {bench.pairs_path}")
 
     print(f"[2/3] training Panacea for {args.max_steps} steps ({config})")
-    from panacea_pl.cli import run_lightning_cli
-
     cli = run_lightning_cli(
         [
             "fit",

@@ -31,7 +31,6 @@ import hashlib
 import json
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,6 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -56,12 +54,11 @@ from panacea_pl.baselines.collection import (
 )
 from panacea_pl.baselines.module import FixedPreference
 from panacea_pl.callbacks import ParetoSweep
-from panacea_pl.cli import CLI_SETTINGS
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import save_adapter
 from panacea_pl.layers.io import CONFIG_NAME
+from panacea_pl.lightning_cli import PanaceaCLI
 from panacea_pl.preference import simplex_grid, validate_preference
-from panacea_pl.resolvers import register_resolvers
 
 KINDS = ("dps", "rewarded_soups")
 
@@ -131,7 +128,7 @@ class BaselineRun:
     front: BaselineFront
 
 
-class BaselineCLI(LightningCLI):
+class BaselineCLI(PanaceaCLI):
     """LightningCLI (no subcommand) over a baseline YAML: the usual sections plus `baseline`.
 
     With `member_dir` the trainer is a member's: a CSV logger in `member_dir`, no `ParetoSweep`.
@@ -140,10 +137,7 @@ class BaselineCLI(LightningCLI):
 
     def __init__(self, args: list[str], member_dir: Path | None = None):
         self.member_dir = member_dir
-        register_resolvers()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            super().__init__(**CLI_SETTINGS, args=args, run=False)
+        super().__init__(args=args, run=False)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(BaselineSettings, "baseline")

@@ -303,8 +303,9 @@ def convert_llama2c(checkpoint: str | Path, tokenizer: str | Path, output_dir: s
     return output_dir
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: `convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR`."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR`; the exit status (0 when
+    the folder was written, 2 on a bad input)."""
     parser = argparse.ArgumentParser(
         prog="panacea-pl convert-llama2c",
         description="Convert a llama2.c checkpoint + tokenizer into a Hugging Face Llama folder.",
@@ -318,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except (FileNotFoundError, Llama2cFormatError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {folder} (load it with AutoModelForCausalLM.from_pretrained({str(folder)!r}))")
-    return folder
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

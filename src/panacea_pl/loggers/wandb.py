@@ -26,6 +26,12 @@ FALLBACK_ERRORS = (
 class WandbLogger(LightningWandbLogger):
     """`lightning.pytorch.loggers.WandbLogger` with an offline fallback (same arguments)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous`, and W&B warns that it has no effect when None
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
     @property
     def experiment(self):
         try:

@@ -13,12 +13,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from panacea_pl.checks import check_integer, check_number
+from panacea_pl.plugins.checkpoint_io import CheckpointError
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
 from panacea_pl.preference import DirichletSampler
 
 SAMPLER_STATE_KEY = "panacea_preference_sampler"
+ADAPTER_CONFIG_KEY = "panacea_adapter_config"
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -64,13 +67,15 @@ class PanaceaModule(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
+        owner = type(self).__name__
+        check_number("preference_alpha", preference_alpha, above=0, owner=owner)
+        check_number("orthogonality_weight", orthogonality_weight, at_least=0, owner=owner)
+        check_integer("seed", seed, owner=owner)
         self.save_hyperparameters(
             ignore=["policy", "aggregator", "loss", "critic", "reward", "optimizer", "scheduler"]
         )
         self.policy = policy
         self.aggregator = aggregator if aggregator is not None else LinearScalarization()
-        # logged with the hyperparameters, so dashboards can group runs by scheme
-        self.hparams["aggregation"] = type(self.aggregator).__name__
         self.per_sample_preference = per_sample_preference
         self.orthogonality_weight = orthogonality_weight
         self.optimizer_factory = optimizer
@@ -96,6 +101,22 @@ class PanaceaModule(pl.LightningModule):
                 f"adapter with num_preferences={self.num_preferences}"
             )
         return self._dimension_names
+
+    def setup(self, stage: str) -> None:
+        """Check, before the first step, that the datamodule's dimensions are the adapter's."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        names = getattr(datamodule, "dimension_names", None)
+        if names is not None and len(names) != self.num_preferences:
+            raise ValueError(
+                f"the datamodule {type(datamodule).__name__} has {len(names)} preference "
+                f"dimensions {list(names)} but the adapter has num_preferences="
+                f"{self.num_preferences}: set the adapter's num_preferences to {len(names)}"
+            )
+
+    def on_fit_start(self) -> None:
+        """Log the aggregation scheme with the hyperparameters (dashboards group runs by it)."""
+        for logger in self.loggers:
+            logger.log_hyperparams({"aggregation": type(self.aggregator).__name__})
 
     # ---- hooks --------------------------------------------------------------------------------
 
@@ -220,15 +241,41 @@ class PanaceaModule(pl.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items() if k not in frozen
         }
         checkpoint[SAMPLER_STATE_KEY] = self.sampler.state_dict()
+        checkpoint[ADAPTER_CONFIG_KEY] = self.policy.adapter.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trained = {name for name, p in self.named_parameters() if p.requires_grad}
+        trained = {name: p for name, p in self.named_parameters() if p.requires_grad}
         # DeepSpeed loads the weights itself and hands over the rest without a "state_dict"
-        missing = sorted(trained - set(checkpoint.get("state_dict", trained)))
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            missing = sorted(set(trained) - set(state))
+            shapes = [
+                f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(p.shape)} here"
+                for k, p in trained.items()
+                if k in state and tuple(state[k].shape) != tuple(p.shape)
+            ]
+            if missing or shapes:
+                raise CheckpointError(self._mismatch_message(checkpoint, missing, shapes))
+        if SAMPLER_STATE_KEY in checkpoint:
+            self.sampler.load_state_dict(checkpoint[SAMPLER_STATE_KEY])
+
+    def _mismatch_message(self, checkpoint: dict, missing: list[str], shapes: list[str]) -> str:
+        """What differs between a checkpoint's adapter and this module's, config first."""
+        saved = checkpoint.get(ADAPTER_CONFIG_KEY) or {}
+        current = self.policy.adapter.config.to_dict()
+        differ = [
+            f"{key}={saved[key]!r} in the checkpoint, {current.get(key)!r} in the config"
+            for key in sorted(saved)
+            if key in current and saved[key] != current[key]
+        ]
+        parts = ["the checkpoint's adapter does not fit the configured one"]
+        if differ:
+            parts.append("adapter settings: " + "; ".join(differ))
+        if shapes:
+            parts.append(f"{len(shapes)} tensors differ in shape, e.g. " + "; ".join(shapes[:3]))
         if missing:
-            raise KeyError(
-                f"checkpoint lacks {len(missing)} adapter tensors, e.g. {missing[:3]}: it was "
-                "written for a different adapter configuration"
-            )
+            parts.append(f"{len(missing)} adapter tensors are missing, e.g. {missing[:3]}")
+        parts.append("resume with the adapter settings the checkpoint was trained with")
+        return ". ".join(parts)
         if SAMPLER_STATE_KEY in checkpoint:
             self.sampler.load_state_dict(checkpoint[SAMPLER_STATE_KEY])

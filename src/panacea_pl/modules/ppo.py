@@ -57,6 +57,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from panacea_pl.checks import check_integer, check_number
 from panacea_pl.evaluation.generation import stop_ids
 from panacea_pl.models import PanaceaPolicy, token_logprobs
 from panacea_pl.models.critic import PanaceaCritic
@@ -223,19 +224,27 @@ class PanaceaPPO(PanaceaModule):
                     f"the {name}'s adapter has dropout {config.dropout}: PPO needs dropout off, "
                     "so that old and new log-probs and values come from the same network"
                 )
-        if freeze_policy_iterations < 0:
-            raise ValueError(
-                f"freeze_policy_iterations must be >= 0, got {freeze_policy_iterations}"
-            )
-        if min(ppo_epochs, minibatch_size, samples_per_prompt, max_new_tokens) < 1:
-            raise ValueError(
-                "ppo_epochs, minibatch_size, samples_per_prompt and max_new_tokens must be >= 1"
-            )
-        if kl_coef < 0 or not 0 <= gae_lambda <= 1 or not 0 < gamma <= 1:
-            raise ValueError(
-                f"need kl_coef >= 0, 0 <= gae_lambda <= 1, 0 < gamma <= 1; got {kl_coef}, "
-                f"{gae_lambda}, {gamma}"
-            )
+        owner = type(self).__name__
+        check_integer("freeze_policy_iterations", freeze_policy_iterations, at_least=0, owner=owner)
+        for name, value in (
+            ("ppo_epochs", ppo_epochs),
+            ("minibatch_size", minibatch_size),
+            ("samples_per_prompt", samples_per_prompt),
+            ("max_new_tokens", max_new_tokens),
+        ):
+            check_integer(name, value, at_least=1, owner=owner)
+        check_number("kl_coef", kl_coef, at_least=0, owner=owner)
+        check_number("gamma", gamma, above=0, at_most=1, owner=owner)
+        check_number("gae_lambda", gae_lambda, at_least=0, at_most=1, owner=owner)
+        check_number("clip_range", clip_range, above=0, owner=owner)
+        check_number("value_coef", value_coef, at_least=0, owner=owner)
+        for name, value in (
+            ("value_clip_range", value_clip_range),
+            ("max_grad_norm", max_grad_norm),
+            ("critic_lr", critic_lr),
+        ):
+            if value is not None:
+                check_number(name, value, above=0, owner=owner)
         self.critic = critic
         self.reward = reward
         self.policy_loss = ClippedPolicyLoss(clip_range)
@@ -260,6 +269,7 @@ class PanaceaPPO(PanaceaModule):
     # ---- setup --------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         datamodule = getattr(self._trainer, "datamodule", None)
         sources = {
             "the reward function": getattr(self.reward, "dimension_names", None),

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from panacea_pl.checks import check_number
 from panacea_pl.objectives.outputs import PairwiseLosses, check_pair_labels, soft_logistic_loss
 
 
@@ -46,12 +47,10 @@ class MultiObjectiveDPOLoss(nn.Module):
         label_smoothing: float = 0.0,
     ):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        check_number("beta", beta, above=0, owner=type(self).__name__)
         if loss_type not in ("sigmoid", "ipo"):
             raise ValueError(f'loss_type must be "sigmoid" or "ipo", got {loss_type!r}')
-        if not 0 <= label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        check_number("label_smoothing", label_smoothing, at_least=0, below=0.5)
         if loss_type == "ipo" and label_smoothing:
             raise ValueError("label_smoothing applies to the sigmoid loss only, not to IPO")
         self.beta = beta
