@@ -14,10 +14,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from panacea_pl.checks import check_integer, check_number
-from panacea_pl.plugins.checkpoint_io import CheckpointError
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
+from panacea_pl.plugins.checkpoint_io import CheckpointError
 from panacea_pl.preference import DirichletSampler
 
 SAMPLER_STATE_KEY = "panacea_preference_sampler"
