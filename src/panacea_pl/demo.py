@@ -39,9 +39,23 @@ def _schedule_length(config: Path, steps: int) -> list[str]:
     return []
 
 
+def _benchmark_settings(configs: list[Path]) -> dict:
+    """The data's `benchmark` settings (`StoriesBenchmark` arguments), later configs winning."""
+    settings: dict = {}
+    for path in configs:
+        data = yaml.safe_load(path.read_text()).get("data") or {}
+        settings.update((data.get("init_args") or {}).get("benchmark") or {})
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="panacea-pl demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help=f"training config (default {DEFAULT_CONFIG}); repeat to layer configs over it",
+    )
     parser.add_argument("--max-steps", type=int, default=400, help="training steps (default 400)")
     parser.add_argument("--data-dir", default=None, help="folder with tinyllamas-stories260k/")
     parser.add_argument(
@@ -51,18 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         os.environ["PANACEA_DATA_DIR"] = args.data_dir
     torch.set_num_threads(args.threads)
-    config = _find_config(args.config)
+    configs = [_find_config(path) for path in args.config or [DEFAULT_CONFIG]]
+    config = configs[0]
     start = time.perf_counter()
 
     print(f"[1/3] stories benchmark (data: {Path(args.data_dir or default_data_dir()).resolve()})")
-    bench = StoriesBenchmark(num_dimensions=2).build()
+    bench = StoriesBenchmark(num_dimensions=2, **_benchmark_settings(configs)).build()
     print(f"      ready in {time.perf_counter() - start:.0f} s; pairs: {bench.pairs_path}")
 
     print(f"[2/3] training Panacea for {args.max_steps} steps ({config})")
     cli = run_lightning_cli(
         [
             "fit",
-            "--config", str(config),
+            *(arg for path in configs for arg in ("--config", str(path))),
             f"--trainer.max_steps={args.max_steps}",
             "--trainer.max_epochs=-1",
             *_schedule_length(config, args.max_steps),

@@ -1,0 +1,249 @@
+"""Every `panacea-pl` command, run as a user runs it: the console script in a subprocess, its exit
+status, the files it writes and what it prints.
+
+One small stories run (`stories_small`) is trained once per module and then validated, resumed
+by a checkpoint file's path (the README's instruction) and by `last`, and fed bad inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+import stories_small
+
+pytestmark = pytest.mark.slow
+
+PANACEA_PL = Path(sys.executable).with_name("panacea-pl")
+CONFIG = str(stories_small.STORIES_CONFIG)
+#: Library chatter that `panacea-pl` must not print (see `panacea_pl.console`).
+NOISE = (
+    "args parameter is intended",
+    "💡 Tip",
+    "LeafSpec",
+    "Epoch 0/-2",
+    "git root",
+    "anonymous setting",
+    "Traceback",
+)
+
+
+def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run the console script; returns the CompletedProcess with stdout+stderr in `.out`."""
+    assert PANACEA_PL.is_file(), f"console script not installed at {PANACEA_PL}"
+    proc = subprocess.run(
+        [str(PANACEA_PL), *args],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    proc.out = proc.stdout
+    return proc
+
+
+def assert_quiet(output: str) -> None:
+    for noise in NOISE:
+        assert noise not in output, f"console shows {noise!r}:\n{output}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("entry_points")
+    os.environ.setdefault("PANACEA_DATA_DIR", str(shared_data))
+    os.environ["PANACEA_CACHE_DIR"] = str(stories_small.cache_root(tmp_path_factory))
+    stories_small.small_config(root / "small.yaml", max_steps=3)
+    bigger = yaml.safe_load((root / "small.yaml").read_text())
+    bigger["trainer"]["max_steps"] = 5
+    (root / "small5.yaml").write_text(yaml.safe_dump(bigger))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(workdir) -> Path:
+    """`panacea-pl fit` for 3 steps with the default checkpointing: returns the run folder."""
+    proc = panacea_pl("fit", "--config", CONFIG, "--config", "small.yaml", cwd=workdir)
+    assert proc.returncode == 0, proc.out
+    assert_quiet(proc.out)
+    runs = sorted((workdir / "runs" / "stories" / "panacea_dpo").glob("version_*"))
+    assert runs, proc.out
+    return runs[-1]
+
+
+def test_fit_writes_config_metrics_and_last_checkpoint(trained_run):
+    assert (trained_run / "config.yaml").is_file() and (trained_run / "metrics.csv").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()  # the README's resume file
+    assert (trained_run / "pareto" / "final.csv").is_file()
+
+
+def test_validate_and_resume_by_checkpoint_path(workdir, trained_run):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    proc = panacea_pl(
+        "validate", "--config", CONFIG, "--config", "small.yaml", "--ckpt_path", str(last),
+        cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert "val/loss" in proc.out
+    assert_quiet(proc.out)
+
+    # the README's command: the same config, more steps, --ckpt_path <run>/checkpoints/last.ckpt
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small5.yaml", "--ckpt_path", str(last),
+        cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert "Restored all states" in proc.out and "max_steps=5" in proc.out
+    assert_quiet(proc.out)
+
+
+def test_resume_by_last_with_a_fixed_checkpoint_folder(workdir):
+    fixed = {
+        "trainer": {
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": "fixed_ckpts", "save_last": True},
+                }
+            ]
+        }
+    }
+    (workdir / "fixed.yaml").write_text(yaml.safe_dump(fixed))
+    first = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small.yaml", "--config", "fixed.yaml",
+        cwd=workdir,
+    )  # fmt: skip
+    assert first.returncode == 0, first.out
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small5.yaml", "--config", "fixed.yaml",
+        "--ckpt_path", "last", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert "Restored all states" in proc.out
+
+
+def test_bad_checkpoints_get_one_clear_message(workdir, trained_run):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    half = workdir / "half.ckpt"
+    half.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    noise = workdir / "noise.ckpt"
+    noise.write_bytes(os.urandom(4096))
+    for path in (half, noise):
+        proc = panacea_pl(
+            "fit", "--config", CONFIG, "--config", "small5.yaml", "--ckpt_path", str(path),
+            cwd=workdir,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.out
+        assert f"checkpoint {path}" in proc.out and "truncated or corrupt" in proc.out
+        assert "weights_only=False" not in proc.out  # never suggest an unsafe load
+        assert_quiet(proc.out)
+
+    # a rank-0 checkpoint resumed into a rank-4 config: the settings and shapes that differ
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small5.yaml", "--ckpt_path", str(last),
+        "--model.init_args.policy.init_args.adapter.rank=4", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.out
+    assert "rank=0 in the checkpoint, 4 in the config" in proc.out
+    assert "differ in shape" in proc.out and "panacea_U" in proc.out
+
+
+def test_m_that_disagrees_across_the_config_fails_before_the_model_loads(workdir):
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small.yaml",
+        "--model.init_args.policy.init_args.adapter.num_preferences=3", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.out
+    assert "disagrees on the number of preference dimensions" in proc.out
+    assert (
+        "adapter.init_args.num_preferences = 3" in proc.out
+        and "data.init_args.num_dimensions = 2" in proc.out
+    )
+    assert "Loading weights" not in proc.out  # nothing was loaded
+
+
+def test_a_users_own_module_in_a_layered_config(workdir):
+    """`--config experiments/stories/panacea_dpo.yaml --config mine.yaml`, where mine.yaml sets
+    `model.class_path` to a subclass in the user's own module, outside the package."""
+    package = workdir / "user_code"
+    package.mkdir(exist_ok=True)
+    (package / "my_modules.py").write_text(
+        textwrap.dedent(
+            '''
+            from pathlib import Path
+
+            from panacea_pl.modules import PanaceaDPO
+
+
+            class MarkedDPO(PanaceaDPO):
+                """A user's module: writes a marker when it trains."""
+
+                def __init__(self, *args, marker: str = "marker.txt", **kwargs):
+                    super().__init__(*args, **kwargs)
+                    self.marker = marker
+
+                def on_train_end(self):
+                    Path(self.marker).write_text(str(self.global_step))
+            '''
+        )
+    )
+    mine = {"model": {"class_path": "my_modules.MarkedDPO", "init_args": {"marker": "m.txt"}}}
+    (workdir / "mine.yaml").write_text(yaml.safe_dump(mine))
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small.yaml", "--config", "mine.yaml",
+        cwd=workdir, env={"PYTHONPATH": str(package)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert (workdir / "m.txt").read_text() == "3"
+
+    # a module of ours, swapped in the same way, parses too
+    sft = {"model": {"class_path": "panacea_pl.modules.PanaceaSFT"}}
+    (workdir / "sft.yaml").write_text(yaml.safe_dump(sft))
+    proc = panacea_pl(
+        "fit", "--config", CONFIG, "--config", "small.yaml", "--config", "sft.yaml",
+        "--print_config", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert "panacea_pl.modules.PanaceaSFT" in proc.out
+
+
+def test_demo_shrunk(workdir):
+    proc = panacea_pl(
+        "demo", "--config", CONFIG, "--config", "small.yaml", "--max-steps", "2", cwd=workdir
+    )
+    assert proc.returncode == 0, proc.out
+    assert "[3/3] the front" in proc.out and "hypervolume ratio" in proc.out
+    assert_quiet(proc.out)
+
+
+def test_baseline(workdir):
+    proc = panacea_pl(
+        "baseline", "--config", str(stories_small.REPO_ROOT / "experiments/stories/dps.yaml"),
+        "--config", "small.yaml", "--trainer.max_steps=2", "--baseline.divisions=1",
+        "--baseline.output_dir=dps_members", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert (workdir / "dps_members").is_dir()
+    assert_quiet(proc.out)
+
+
+def test_convert_llama2c_exits_zero(workdir, shared_data):
+    folder = shared_data / "tinyllamas-stories260k"
+    out = workdir / "converted"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = panacea_pl(
+        "convert-llama2c", str(folder / "stories260K.bin"), str(folder / "tok512.bin"), str(out),
+        cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert (out / "config.json").is_file() and "wrote" in proc.out
+    proc = panacea_pl("convert-llama2c", "missing.bin", "tok.bin", str(out), cwd=workdir)
+    assert proc.returncode == 2 and "does not exist" in proc.out
