@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from panacea_pl.evaluation.generation import _decode as decode_rows
 from panacea_pl.evaluation.reward_model import (
     check_objectives,
     default_objectives,
     select_objectives,
 )
+from panacea_pl.models.generation import decode_rows
 from panacea_pl.models.reward import VectorRewardModel
 from panacea_pl.models.rollout import Rollout
 

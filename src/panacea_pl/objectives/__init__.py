@@ -1,5 +1,6 @@
 """Objectives: per-dimension losses (DPO, Bradley–Terry, safety cost, SFT, PPO) and aggregators
-(of losses, and of PPO advantages: `advantage`).
+(of losses, and of PPO advantages: `advantage`), and the critic-free group advantages and loss
+of GRPO/RLOO (`group_advantage`, `grpo`).
 
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
 out = MultiObjectiveDPOLoss(beta=0.1)(policy_logps, reference_logps, labels)
@@ -20,6 +21,8 @@ from panacea_pl.objectives.aggregation import (
     Tchebycheff,
 )
 from panacea_pl.objectives.dpo import MultiObjectiveDPOLoss
+from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, RLOOAdvantage
+from panacea_pl.objectives.grpo import GroupPolicyLoss, GroupPolicyLossOutput
 from panacea_pl.objectives.outputs import CostLosses, DimensionLosses, PairwiseLosses, masked_mean
 from panacea_pl.objectives.ppo import (
     ClippedPolicyLoss,
@@ -40,6 +43,10 @@ __all__ = [
     "ClippedValueLoss",
     "CostLosses",
     "DimensionLosses",
+    "GroupAdvantage",
+    "GroupAdvantages",
+    "GroupPolicyLoss",
+    "GroupPolicyLossOutput",
     "LagrangianAdvantage",
     "LinearAdvantage",
     "LinearScalarization",
@@ -47,6 +54,7 @@ __all__ = [
     "PairwiseLosses",
     "PolicyLossOutput",
     "PreferenceSFTLoss",
+    "RLOOAdvantage",
     "SafetyCostLoss",
     "SmoothTchebycheff",
     "Tchebycheff",

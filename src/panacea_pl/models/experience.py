@@ -1,0 +1,137 @@
+"""Scored rollouts: the one sampling component every on-policy trainer (PPO, GRPO, RLOO)
+reuses. Sample under one λ per row, score every dimension, and take token log-probs under the
+policy (adapter on, at the row's λ) and the reference (adapter off).
+
+    lam = sampler.sample(len(prompts) * k)                        # [N, m], N = prompts × k
+    scored = sample_and_score(policy, reward, batch, lam, samples_per_prompt=k,
+                              max_new_tokens=48, tokenizer=tokenizer)
+    scored.rewards      # [N, m] from the reward function (higher is better)
+    scored.logps        # [N, T] log π(y_t | λ), T = L − 1 token actions
+    scored.kl           # [N] Σ_t log π/π_ref over each response: the sequence KL estimate
+
+Rows are prompt-major: row j·k + g is the g-th response to prompt j (`repeat_interleave`), so a
+group of k responses to one prompt is k consecutive rows. The trainer decides how λ is drawn
+(PPO: one per row; GRPO: one per group, repeated k times) and passes it in. Generation and the
+log-prob passes run in eval mode (no dropout, no gradient checkpointing), then restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from panacea_pl.models.generation import stop_ids
+from panacea_pl.models.logprobs import token_logprobs
+from panacea_pl.models.policy import PanaceaPolicy
+from panacea_pl.models.rollout import Rollout, sample_rollout
+
+
+@dataclass
+class ScoredRollout:
+    """A rollout with its λ, log-probs and rewards ([N, T]: one entry per token action).
+
+    Attributes:
+        rollout: the sampled sequences.
+        preference: [N, m] λ of each row.
+        logps: [N, T] log π_old of each token under its row's λ.
+        ref_logps: [N, T] log π_ref (adapter off).
+        rewards: [N, m] the reward function's scores.
+    """
+
+    rollout: Rollout
+    preference: Tensor
+    logps: Tensor
+    ref_logps: Tensor
+    rewards: Tensor
+
+    def __len__(self) -> int:
+        return len(self.rollout)
+
+    @property
+    def mask(self) -> Tensor:
+        """[N, T] True on response-token actions."""
+        return self.rollout.action_mask
+
+    @property
+    def kl(self) -> Tensor:
+        """[N] Σ_t log π/π_ref over each response: the per-sample KL estimate."""
+        return ((self.logps - self.ref_logps) * self.mask).sum(-1)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (generation without gradient checkpointing), then restore."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def policy_token_logps(
+    policy: PanaceaPolicy, sequences: Tensor, attention_mask: Tensor, position_ids: Tensor
+) -> Tensor:
+    """[N, L − 1] log-probs of each next token under whatever λ is set on the adapter."""
+    logits = policy.model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).logits
+    return token_logprobs(logits, sequences)
+
+
+@torch.no_grad()
+def sample_and_score(
+    policy: PanaceaPolicy,
+    reward: Callable[[Rollout], Tensor],
+    batch: dict,
+    preference: Tensor,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    tokenizer=None,
+    generation_kwargs: dict | None = None,
+) -> ScoredRollout:
+    """Sample `samples_per_prompt` responses per prompt under per-row λ and score them.
+
+    Args:
+        policy: the causal LM with the Panacea adapter.
+        reward: rollout → [N, m] rewards (a `RewardFunction`).
+        batch: left-padded prompts, `input_ids` and `attention_mask` [B, P].
+        preference: λ, [m] for every row or [N, m] with N = B × samples_per_prompt.
+        samples_per_prompt: responses per prompt (consecutive rows).
+        max_new_tokens: response budget.
+        tokenizer: the policy's tokenizer (default: loaded from the policy).
+        generation_kwargs: overrides of the ancestral sampling (makes training off-policy).
+    """
+    tokenizer = policy.tokenizer() if tokenizer is None else tokenizer
+    input_ids = batch["input_ids"].repeat_interleave(samples_per_prompt, 0)
+    attention_mask = batch["attention_mask"].repeat_interleave(samples_per_prompt, 0)
+    n, m = input_ids.shape[0], policy.num_preferences
+    lam = preference.to(input_ids.device)
+    lam = lam.expand(n, m) if lam.dim() == 1 else lam
+    if lam.shape != (n, m):
+        raise ValueError(f"preference must be [{m}] or [{n}, {m}], got {list(lam.shape)}")
+    with eval_mode(policy), policy.preference(lam):
+        rollout = sample_rollout(
+            policy.model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            stop_ids(policy, tokenizer),
+            tokenizer.pad_token_id,
+            **(generation_kwargs or {}),
+        )
+        args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+        logps = policy_token_logps(policy, *args)
+        with policy.reference():
+            ref_logps = policy_token_logps(policy, *args)
+    rewards = torch.as_tensor(reward(rollout)).to(input_ids.device, torch.float32)
+    if rewards.shape != (n, m):
+        raise ValueError(f"the reward function returned {list(rewards.shape)}, not [{n}, {m}]")
+    return ScoredRollout(rollout, lam, logps, ref_logps, rewards)

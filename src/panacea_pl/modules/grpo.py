@@ -1,0 +1,261 @@
+"""Critic-free Panacea: GRPO / RLOO with one preference vector per group of responses.
+
+    module = PanaceaGRPO(policy=StoriesPolicy(adapter=PanaceaConfig(rank=0, num_preferences=2)),
+                         reward=StoriesReward(num_dimensions=2), group_size=8, kl_coef=0.05)
+    Trainer(max_epochs=100).fit(module, datamodule=StoriesPromptDataModule(batch_size=16))
+
+    panacea-pl fit --config experiments/stories/panacea_grpo.yaml
+
+One training step is one iteration on one batch of prompts:
+
+1. **Rollout** (`panacea_pl.models.experience.sample_and_score`, the component PPO uses). Each
+   prompt draws one λ ~ Dirichlet(α) (`per_sample_preference`, the default; else one λ for the
+   batch), its G = `group_size` responses are sampled under that λ, scored in every dimension
+   by `reward` (any `RewardFunction`: the stories scorers, a vector reward/cost model, a user's
+   class by `class_path`), and their token log-probs taken under λ and under the reference
+   (the adapter off).
+2. **KL.** `kl_in="reward"`: β·KL̂ with KL̂ = Σ_t log π/π_ref over the response is subtracted
+   from every dimension's reward, so each J_i = E[r_i] − β·KL(π ‖ π_ref) and the linear
+   scalarisation's optimum is π_ref·exp(λ·r/β) exactly (the stories benchmark's, β = β_eff).
+   `kl_in="loss"`: GRPO's k3 term β·k3 per token in the loss instead (its optimum is that of the
+   forward KL; see `panacea_pl.objectives.grpo`).
+3. **Advantages** (`panacea_pl.objectives.group_advantage.GroupAdvantage`): per-dimension group
+   baselines (mean or leave-one-out), aggregated with λ by the same `aggregator` PPO takes
+   (`LinearAdvantage`, `TchebycheffAdvantage`), optionally divided by the group's std.
+4. **Updates.** `epochs` shuffled passes over the rollout in minibatches of `minibatch_size`
+   rows, GRPO's clipped surrogate (`GroupPolicyLoss`), one optimiser step each (manual
+   optimisation). `trainer.global_step` counts optimiser steps.
+
+**Logged** (`train/…`): per dimension `reward`, `objective` (r_i − β·KL̂), `advantage_std`
+(A_i's spread before aggregation), `weight`, `lambda/{dimension}`; `kl`, `objective`
+(Σ_i w_i (r_i − β·KL̂)), `reward_std` (mean within-group std of the weighted reward),
+`response_length`, `loss`, `clip_fraction`, `approx_kl`, `kl_loss` (k3, with `kl_in="loss"`),
+the aggregator's state. Validation rolls out at the simplex's centre (`val/kl`,
+`val/{dimension}/reward`, `val/{dimension}/objective`).
+
+**DDP.** Groups never straddle ranks (a rank's prompts are its own); λ per prompt is drawn for
+the global batch and dealt like the prompts (`PanaceaModule.sample_preference`); gradients are
+all-reduced every step (`manual_backward`) and Tchebycheff's running ideal point is max-reduced.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from panacea_pl.checks import check_integer, check_number
+from panacea_pl.models import PanaceaPolicy
+from panacea_pl.models.experience import ScoredRollout, policy_token_logps, sample_and_score
+from panacea_pl.modules.base import PanaceaModule
+from panacea_pl.modules.on_policy import (
+    check_dimension_order,
+    check_no_dropout,
+    check_settings,
+    log_rewards,
+    minibatches,
+    names_from_reward,
+    optimizer_step,
+)
+from panacea_pl.modules.ppo_rewards import RewardFunction
+from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
+from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, group_std
+from panacea_pl.objectives.grpo import GroupPolicyLoss
+
+
+class PanaceaGRPO(PanaceaModule):
+    """Multi-objective GRPO/RLOO on prompt batches; see the module docstring.
+
+    Args:
+        policy: the causal LM with the Panacea adapter (dropout off).
+        reward: scores responses, one column per dimension (names the dimensions by default).
+        advantage: baselines and scaling (default `GroupAdvantage()`: GRPO's mean and std;
+            `RLOOAdvantage()`: leave-one-out).
+        aggregator: how per-dimension advantages combine under λ (default `LinearAdvantage`).
+        group_size: G, responses per prompt, all at the prompt's λ (≥ 2).
+        kl_coef: β, in reward units (stories benchmark: its `beta_eff`).
+        kl_in: "reward" (β·KL̂ subtracted from every dimension's reward) or "loss" (k3 term).
+        clip_range: ε of the clipped ratio; `clip_range_high` the upper one (None: ε).
+        clip_range_high: DAPO's clip-higher ε_high.
+        loss_normalization: "token" (pooled over the minibatch's tokens) or "sequence".
+        epochs: passes over each rollout (GRPO's μ; > 1 makes the clip bind).
+        minibatch_size: rows per optimiser step (None: the whole rollout).
+        max_new_tokens: response budget.
+        max_grad_norm: clip each step's gradient norm (None: no clipping).
+        generation_kwargs: extra `generate` settings (other than ancestral: off-policy).
+        per_sample_preference: one λ per prompt's group (default) or one per batch.
+        **kwargs: see `PanaceaModule` (preference_alpha, seed, dimension_names, optimizer, …).
+    """
+
+    def __init__(
+        self,
+        policy: PanaceaPolicy,
+        reward: RewardFunction,
+        advantage: GroupAdvantage | None = None,
+        aggregator: AdvantageAggregator | None = None,
+        group_size: int = 8,
+        kl_coef: float = 0.05,
+        kl_in: Literal["reward", "loss"] = "reward",
+        clip_range: float = 0.2,
+        clip_range_high: float | None = None,
+        loss_normalization: Literal["token", "sequence"] = "token",
+        epochs: int = 1,
+        minibatch_size: int | None = None,
+        max_new_tokens: int = 64,
+        max_grad_norm: float | None = 1.0,
+        generation_kwargs: dict | None = None,
+        per_sample_preference: bool = True,
+        **kwargs,
+    ):
+        kwargs = names_from_reward(reward, kwargs)
+        super().__init__(
+            policy,
+            aggregator=aggregator if aggregator is not None else LinearAdvantage(),
+            per_sample_preference=per_sample_preference,
+            **kwargs,
+        )
+        self.automatic_optimization = False
+        owner = type(self).__name__
+        check_no_dropout("policy", policy.adapter.config, "GRPO")
+        check_number("kl_coef", kl_coef, at_least=0, owner=owner)
+        check_integer("group_size", group_size, at_least=2, owner=owner)
+        counts = dict(epochs=epochs, max_new_tokens=max_new_tokens)
+        if minibatch_size is not None:
+            counts["minibatch_size"] = minibatch_size
+        check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
+        if kl_in not in ("reward", "loss"):
+            raise ValueError(f"{owner}: kl_in must be 'reward' or 'loss', got {kl_in!r}")
+        self.reward = reward
+        self.advantage = advantage if advantage is not None else GroupAdvantage()
+        self.policy_loss = GroupPolicyLoss(
+            clip_range, clip_range_high, loss_normalization, kl_coef if kl_in == "loss" else 0.0
+        )
+        self.kl_coef = kl_coef
+        self.kl_in = kl_in
+        self.group_size = group_size
+        self.epochs = epochs
+        self.minibatch_size = minibatch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_grad_norm = max_grad_norm
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self._tokenizer = None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        check_dimension_order(self, self.reward)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self.policy.tokenizer()
+        return self._tokenizer
+
+    def group_preference(self, num_prompts: int) -> Tensor:
+        """[num_prompts × G, m]: one λ per prompt (or per batch), repeated over its group."""
+        lam = self.sample_preference(num_prompts)
+        if lam.dim() == 1:
+            lam = lam.expand(num_prompts, -1)
+        return lam.repeat_interleave(self.group_size, 0)
+
+    def score_rollout(self, batch: dict, preference: Tensor | None = None) -> ScoredRollout:
+        """G responses per prompt under one λ per group (or `preference` for every row)."""
+        if preference is None:
+            preference = self.group_preference(batch["input_ids"].shape[0])
+        return sample_and_score(
+            self.policy,
+            self.reward,
+            batch,
+            preference,
+            self.group_size,
+            self.max_new_tokens,
+            self.tokenizer,
+            self.generation_kwargs,
+        )
+
+    def training_rewards(self, scored: ScoredRollout) -> Tensor:
+        """[N, m] rewards the advantages see: minus β·KL̂ in every dimension with `kl_in="reward"`."""
+        if self.kl_in == "reward":
+            return scored.rewards - self.kl_coef * scored.kl[:, None]
+        return scored.rewards
+
+    def advantages(self, scored: ScoredRollout) -> GroupAdvantages:
+        """Group-relative advantages of a scored rollout under its per-group λ."""
+        rewards = self.training_rewards(scored)
+        return self.advantage(rewards, scored.preference, self.group_size, self.aggregator)
+
+    def grpo_loss(self, scored: ScoredRollout, advantages: Tensor, index: Tensor):
+        """The loss of the rows `index` of a rollout under their λ (`GroupPolicyLoss` output)."""
+        rollout = scored.rollout
+        args = (rollout.sequences[index], rollout.attention_mask[index])
+        positions = rollout.position_ids[index]
+        with self.policy.preference(scored.preference[index]):
+            logps = policy_token_logps(self.policy, *args, positions)
+        ref = scored.ref_logps[index] if self.kl_in == "loss" else None
+        mask = scored.mask[index]
+        return self.policy_loss(logps, scored.logps[index], advantages[index], mask, ref)
+
+    def optimise(self, scored: ScoredRollout, advantages: Tensor) -> dict[str, Tensor]:
+        """`epochs` shuffled passes of minibatch steps; the means of the losses' parts."""
+        n = len(scored)
+        size = self.minibatch_size or n
+        totals: dict[str, Tensor] = {}
+        steps = 0
+        for index in minibatches(n, size, self.epochs, advantages.device):
+            out = self.grpo_loss(scored, advantages, index)
+            loss = out.loss
+            if self.orthogonality_weight:
+                loss = loss + self.orthogonality_weight * self.policy.adapter.orthogonality_loss()
+            parts = {
+                "loss": loss.detach(),
+                "clip_fraction": out.clip_fraction,
+                "approx_kl": out.approx_kl,
+                "kl_loss": out.kl,
+            }
+            optimizer_step(self, loss, self.max_grad_norm, parts)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0) + value
+            steps += 1
+        return {key: value / steps for key, value in totals.items()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        scored = self.score_rollout(batch)
+        advantages = self.advantages(scored)
+        stats = self.optimise(scored, advantages.advantages)
+        self._log_iteration(scored, advantages, stats)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        scored = self.score_rollout(batch, self.evaluation_preference())
+        log_rewards(self, scored, "val", self.kl_coef)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        scored = self.score_rollout(batch, self.evaluation_preference())
+        log_rewards(self, scored, "test", self.kl_coef)
+
+    def _log_iteration(
+        self, scored: ScoredRollout, adv: GroupAdvantages, stats: dict[str, Tensor]
+    ) -> None:
+        log_rewards(self, scored, "train", self.kl_coef)
+        n = len(scored)
+        log = lambda key, value: self.log(f"train/{key}", value, batch_size=n)  # noqa: E731
+        objectives = scored.rewards - self.kl_coef * scored.kl[:, None]
+        log("objective", (adv.weights * objectives).sum(-1).mean())
+        weighted = (adv.weights * self.training_rewards(scored)).sum(-1)
+        log("reward_std", group_std(weighted, self.group_size).mean())
+        log("response_length", scored.rollout.response_lengths.float().mean())
+        for key, value in stats.items():
+            log(key, value)
+        self.log("loss", stats["loss"], prog_bar=True, batch_size=n, logger=False)
+        per_dimension = {
+            "advantage_std": adv.dimension_advantages.std(0),
+            "weight": adv.weights.mean(0),
+        }
+        metrics = self.aggregator.metrics()
+        per_dimension |= {k: v for k, v in metrics.items() if v.dim() == 1}
+        for key, value in metrics.items():
+            if value.dim() == 0:
+                log(key, value)
+        lam = scored.preference.mean(0)
+        for i, name in enumerate(self.dimension_names):
+            for key, values in per_dimension.items():
+                log(f"{name}/{key}", values[i])
+            log(f"lambda/{name}", lam[i])

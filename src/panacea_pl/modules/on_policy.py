@@ -1,0 +1,112 @@
+"""What the on-policy trainers (`PanaceaPPO`, `PanaceaGRPO`) share besides the rollout
+component (`panacea_pl.models.experience`): dimension names from the reward function, a check
+that the reward function and the datamodule name the dimensions in the module's order, and the
+logged rewards and KL-regularised objectives of a scored rollout.
+
+    kwargs = names_from_reward(reward, kwargs)          # in __init__, before PanaceaModule's
+    check_dimension_order(self, self.reward)           # in on_fit_start
+    log_rewards(self, scored, "val", kl_coef=0.05)     # {stage}/kl, {stage}/{dim}/reward, …
+    optimizer_step(self, loss, max_grad_norm=1.0, parts={"loss": loss})   # manual optimisation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from panacea_pl.checks import check_integer, check_number
+from panacea_pl.models.experience import ScoredRollout
+
+
+def names_from_reward(reward, kwargs: dict) -> dict:
+    """`kwargs` with `dimension_names` taken from the reward function when not given."""
+    if kwargs.get("dimension_names") is None and getattr(reward, "dimension_names", None):
+        kwargs = kwargs | {"dimension_names": list(reward.dimension_names)}
+    return kwargs
+
+
+def check_dimension_order(module: pl.LightningModule, reward) -> None:
+    """Raise if the reward function or the datamodule orders the dimensions differently."""
+    datamodule = getattr(module._trainer, "datamodule", None)
+    sources = {
+        "the reward function": getattr(reward, "dimension_names", None),
+        "the datamodule": getattr(datamodule, "dimension_names", None),
+    }
+    for source, names in sources.items():
+        if names and list(names) != module.dimension_names:
+            raise ValueError(
+                f"{source} names the dimensions {list(names)} but the module trains "
+                f"{module.dimension_names}; give them in the same order"
+            )
+
+
+def log_rewards(
+    module: pl.LightningModule, scored: ScoredRollout, stage: str, kl_coef: float
+) -> None:
+    """Log `{stage}/kl` (per response) and per dimension `reward` and `objective` (r_i − β·KL),
+    synchronised across ranks outside training."""
+    n = len(scored.rollout)
+    kl = scored.kl
+    sync = stage != "train"
+    module.log(f"{stage}/kl", kl.mean(), batch_size=n, sync_dist=sync)
+    objectives = scored.rewards - kl_coef * kl[:, None]
+    for i, name in enumerate(module.dimension_names):
+        module.log(
+            f"{stage}/{name}/reward", scored.rewards[:, i].mean(), batch_size=n, sync_dist=sync
+        )
+        module.log(
+            f"{stage}/{name}/objective", objectives[:, i].mean(), batch_size=n, sync_dist=sync
+        )
+
+
+def check_settings(owner: str, counts: dict[str, int], positive: dict[str, float | None]) -> None:
+    """Counts must be integers ≥ 1; `positive` numbers > 0 where not None."""
+    for name, value in counts.items():
+        check_integer(name, value, at_least=1, owner=owner)
+    for name, value in positive.items():
+        if value is not None:
+            check_number(name, value, above=0, owner=owner)
+
+
+def check_no_dropout(name: str, adapter_config, trainer: str) -> None:
+    """Old and new log-probs must come from the same network: adapter dropout off."""
+    if adapter_config.dropout:
+        raise ValueError(
+            f"the {name}'s adapter has dropout {adapter_config.dropout}: {trainer} needs dropout "
+            "off, so that old and new log-probs and values come from the same network"
+        )
+
+
+def optimizer_step(
+    module: pl.LightningModule, loss: Tensor, max_grad_norm: float | None, parts: dict
+) -> None:
+    """One manual-optimisation step: check the loss, backward (all-reduced under DDP), clip the
+    gradient norm, step the optimiser and the scheduler."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss at global step {module.global_step}: "
+            f"{ {k: v.tolist() for k, v in parts.items()} }. Lower the learning rate, or check "
+            "the rewards for NaN"
+        )
+    optimizer = module.optimizers()
+    scheduler = module.lr_schedulers()
+    optimizer.zero_grad()
+    module.manual_backward(loss)
+    if max_grad_norm is not None:
+        module.clip_gradients(
+            optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm"
+        )
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def minibatches(n: int, size: int, epochs: int, device: torch.device) -> Iterator[Tensor]:
+    """Row indices of `epochs` passes over n rows, each pass shuffled, in chunks of `size`."""
+    for _ in range(epochs):
+        order = torch.randperm(n, device=device)
+        for start in range(0, n, size):
+            yield order[start : start + size]
