@@ -72,7 +72,16 @@ class PanaceaModule(pl.LightningModule):
         check_number("orthogonality_weight", orthogonality_weight, at_least=0, owner=owner)
         check_integer("seed", seed, owner=owner)
         self.save_hyperparameters(
-            ignore=["policy", "aggregator", "loss", "critic", "reward", "optimizer", "scheduler"]
+            ignore=[
+                "policy",
+                "aggregator",
+                "advantage",
+                "loss",
+                "critic",
+                "reward",
+                "optimizer",
+                "scheduler",
+            ]
         )
         self.policy = policy
         self.aggregator = aggregator if aggregator is not None else LinearScalarization()

@@ -1,0 +1,164 @@
+"""PanaceaGRPO on tiny models: one λ per group through the shared rollout component, the KL in
+the reward or the loss, one-hot λ is single-objective GRPO, a short fit, and the shipped stories
+config through the `panacea-pl` console script."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import tiny
+from panacea_pl.data.collate import PromptCollator
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.models import PanaceaPolicy, ScoredRollout
+from panacea_pl.modules import PanaceaGRPO
+from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
+from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(model_dir, **kwargs) -> PanaceaGRPO:
+    torch.manual_seed(0)
+    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter, so that λ and the reference matter
+        for layer in policy.adapter.layers.values():
+            layer.panacea_U.copy_(torch.randn(layer.panacea_U.shape, generator=gen) * 0.3)
+    settings = dict(group_size=3, max_new_tokens=5, kl_coef=0.2)
+    return PanaceaGRPO(policy, TokenShare(), **(settings | kwargs))
+
+
+def test_each_group_shares_one_lambda_and_the_kl_enters_the_reward(tiny_llama_dir):
+    module = build(tiny_llama_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    n = 4 * 3
+    assert scored.rewards.shape == (n, 2) and scored.logps.shape[0] == n
+    groups = scored.preference.view(4, 3, 2)
+    torch.testing.assert_close(groups, groups[:, :1].expand(-1, 3, -1))
+    assert groups[:, 0].unique(dim=0).shape[0] == 4  # one λ per prompt
+    # rows of a group are the same prompt
+    prompts = scored.rollout.prompt_ids()
+    assert all(prompts[3 * j] == prompts[3 * j + g] for j in range(4) for g in range(3))
+    assert (scored.kl != 0).all()
+    expected = scored.rewards - 0.2 * scored.kl[:, None]
+    torch.testing.assert_close(module.training_rewards(scored), expected)
+    in_loss = build(tiny_llama_dir, kl_in="loss")
+    torch.testing.assert_close(in_loss.training_rewards(scored), scored.rewards)
+    assert in_loss.policy_loss.kl_coef == 0.2 and module.policy_loss.kl_coef == 0.0
+
+
+def test_one_hot_lambda_is_single_objective_grpo(tiny_llama_dir):
+    """λ = e_0 for every group: the advantage is TRL's (r − mean_g)/(std_g + 1e-4) of dimension
+    0's KL-penalised reward, and at ρ = 1 the token-normalised loss is −Σ_j A_j |y_j| / Σ_j |y_j|."""
+    module = build(tiny_llama_dir).train()
+    one_hot = torch.tensor([1.0, 0.0])
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir), one_hot)
+    assert torch.equal(scored.preference, one_hot.expand(12, 2))
+    advantages = module.advantages(scored).advantages
+    reward = (scored.rewards[:, 0] - 0.2 * scored.kl).view(4, 3)
+    expected = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-4)
+    torch.testing.assert_close(advantages, expected.flatten())
+    out = module.grpo_loss(scored, advantages, torch.arange(12))
+    lengths = scored.mask.sum(-1).float()
+    torch.testing.assert_close(out.loss, -(advantages * lengths).sum() / lengths.sum())
+    assert out.clip_fraction == 0 and out.approx_kl < 1e-10
+
+
+def read_metrics(log_dir: Path) -> list[dict[str, str]]:
+    with open(log_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_tchebycheff_rloo_kl_in_loss_trains_and_logs(tiny_llama_dir, tmp_path):
+    module = build(
+        tiny_llama_dir,
+        advantage=RLOOAdvantage(),
+        aggregator=TchebycheffAdvantage(ideal="running", num_preferences=2),
+        kl_in="loss",
+        loss_normalization="sequence",
+        epochs=2,
+        minibatch_size=4,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.0),
+    )
+    before = {k: v.clone() for k, v in module.policy.adapter.state_dict().items()}
+    loader = DataLoader(
+        prompt_rows(tiny_llama_dir),
+        batch_size=2,
+        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
+    )
+    trainer = tiny.quiet_trainer(
+        max_epochs=1,
+        logger=pl.loggers.CSVLogger(tmp_path, name="grpo"),
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    # 2 batches × 2 prompts × G = 3 → 6 rows; 2 epochs × ⌈6 / 4⌉ = 4 steps per batch
+    assert trainer.global_step == 8
+    after = module.policy.adapter.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert torch.isfinite(module.aggregator.ideal_point).all()
+    metrics = trainer.logged_metrics
+    assert metrics["train/kl_loss"] > 0 and 0 <= metrics["train/clip_fraction"] <= 1
+    for key in ("train/even/reward", "train/odd/weight", "train/lambda/even", "val/kl"):
+        assert key in metrics, key
+
+
+def test_clear_errors(tiny_llama_dir):
+    with pytest.raises(ValueError, match="group_size"):
+        build(tiny_llama_dir, group_size=1)
+    with pytest.raises(ValueError, match="kl_in"):
+        build(tiny_llama_dir, kl_in="both")
+    with pytest.raises(ValueError, match="dropout"):
+        policy = PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, dropout=0.1))
+        PanaceaGRPO(policy, TokenShare())
+    module = build(tiny_llama_dir, dimension_names=["odd", "even"])
+    with pytest.raises(ValueError, match="in the same order"):
+        module.on_fit_start()
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    assert isinstance(scored, ScoredRollout)
+    with pytest.raises(ValueError, match="preference must be"):
+        module.score_rollout(prompt_batch(tiny_llama_dir), torch.ones(5, 2) / 2)
+
+
+@pytest.mark.slow
+def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_path):
+    """`panacea-pl fit --config experiments/stories/panacea_grpo.yaml` with tiny overrides, in a
+    subprocess: exit 0, a checkpoint written, the per-dimension rewards logged."""
+    script = Path(sys.executable).with_name("panacea-pl")
+    args = [
+        str(script),
+        "fit",
+        "--config",
+        str(ROOT / "experiments" / "stories" / "panacea_grpo.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.callbacks=[]",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.group_size=2",
+        "--model.init_args.max_new_tokens=8",
+        "--model.init_args.minibatch_size=4",
+        "--data.init_args.num_prompts=4",
+        "--data.init_args.batch_size=4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PANACEA_DATA_DIR": str(shared_data)}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert checkpoints, "no checkpoint written"
+    state = torch.load(checkpoints[0], weights_only=False)
+    assert state["global_step"] == 4  # 8 rows, 2 epochs × 2 minibatches of 4
+    assert any("panacea" in k for k in state["state_dict"])
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
+    assert {"train/happy/reward", "train/sad/objective", "train/kl"} <= set().union(*rows)
