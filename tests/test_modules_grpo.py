@@ -21,7 +21,7 @@ from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy, ScoredRollout
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
-from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
+from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,3 +162,68 @@ def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_pa
     assert any("panacea" in k for k in state["state_dict"])
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
     assert {"train/happy/reward", "train/sad/objective", "train/kl"} <= set().union(*rows)
+
+
+class Strided(torch.utils.data.Sampler):
+    """Rows rank, rank + W, … (read when iterated, in the forked rank): the rows whose λ
+    `PanaceaModule.sample_preference` gives that rank."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __iter__(self):
+        world, rank = 1, 0
+        if torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return iter(range(rank, self.size, world))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def fit_ranks(module, tmp_path, batch_size, **trainer_kwargs) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = prompt_rows(module.policy.model_name_or_path)
+    loader = DataLoader(
+        rows,
+        batch_size=batch_size,
+        sampler=Strided(len(rows)),
+        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
+    )
+    trainer = tiny.quiet_trainer(
+        use_distributed_sampler=False,
+        max_epochs=1,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[SaveParameters(tmp_path)],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_path):
+    """Greedy rollouts (so both runs see the same responses), one λ per prompt dealt like the
+    prompts, sequence-level normalisation and the k3 term (greedy groups have equal rewards, so
+    the KL is what moves the adapter): 2 ranks × 2 prompts train the weights 1 × 4 prompts do."""
+    settings = dict(
+        generation_kwargs={"do_sample": False},
+        kl_in="loss",
+        loss_normalization="sequence",
+        # SGD: Adam's first step g/(|g| + ε) would magnify float noise in near-zero gradients
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+    )
+    single = build(tiny_llama_dir, **settings)
+    initial = {k: p.detach().clone() for k, p in single.named_parameters() if p.requires_grad}
+    fit_ranks(single, tmp_path / "one", batch_size=4)
+    ddp = build(tiny_llama_dir, **settings)
+    fit_ranks(
+        ddp, tmp_path / "two", batch_size=2, devices=2, accelerator="cpu", strategy="ddp_fork"
+    )
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
+    assert any(not torch.equal(initial[k], one[k]) for k in initial)
+    for key, value in one.items():
+        torch.testing.assert_close(ranks[0][key], value, msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(ranks[1][key], value, msg=lambda m, k=key: f"{k}: {m}")
