@@ -5,6 +5,7 @@ config through the `panacea-pl` console script."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -73,11 +74,34 @@ def test_one_hot_lambda_is_single_objective_grpo(tiny_llama_dir):
     assert out.clip_fraction == 0 and out.approx_kl < 1e-10
 
 
+def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):
+    """π_old = π on the only step: the step's own log-probs stand in for a separate pass (as TRL
+    with num_iterations = 1), with the same loss and the same log-probs filled in."""
+    module = build(tiny_llama_dir, kl_in="loss").train()
+    assert not module.needs_old_logps(12)
+    assert build(tiny_llama_dir, kl_in="loss", epochs=2).needs_old_logps(12)
+    assert build(tiny_llama_dir, kl_in="loss", minibatch_size=4).needs_old_logps(12)
+    assert build(tiny_llama_dir).needs_old_logps(12)  # the KL in the reward needs log π
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    lean = dataclasses.replace(scored, logps=None)
+    with pytest.raises(ValueError, match="without policy log-probs"):
+        lean.kl  # noqa: B018
+    advantages = module.advantages(scored).advantages
+    order = torch.randperm(12)
+    full = module.grpo_loss(scored, advantages, order)
+    skipped = module.grpo_loss(lean, advantages, order)
+    torch.testing.assert_close(skipped.loss, full.loss)
+    torch.testing.assert_close(lean.logps[scored.mask], scored.logps[scored.mask])
+    with pytest.raises(ValueError, match="one step over every row"):
+        module.grpo_loss(dataclasses.replace(scored, logps=None), advantages, order[:4])
+
+
 def read_metrics(log_dir: Path) -> list[dict[str, str]]:
     with open(log_dir / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_fit_tchebycheff_rloo_kl_in_loss_trains_and_logs(tiny_llama_dir, tmp_path):
     module = build(
         tiny_llama_dir,

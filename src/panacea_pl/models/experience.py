@@ -37,14 +37,15 @@ class ScoredRollout:
     Attributes:
         rollout: the sampled sequences.
         preference: [N, m] λ of each row.
-        logps: [N, T] log π_old of each token under its row's λ.
+        logps: [N, T] log π_old of each token under its row's λ (None when the trainer asked
+            for no policy pass: it fills them from its own on-policy forward).
         ref_logps: [N, T] log π_ref (adapter off).
         rewards: [N, m] the reward function's scores.
     """
 
     rollout: Rollout
     preference: Tensor
-    logps: Tensor
+    logps: Tensor | None
     ref_logps: Tensor
     rewards: Tensor
 
@@ -59,6 +60,8 @@ class ScoredRollout:
     @property
     def kl(self) -> Tensor:
         """[N] Σ_t log π/π_ref over each response: the per-sample KL estimate."""
+        if self.logps is None:
+            raise ValueError("this rollout was scored without policy log-probs")
         return ((self.logps - self.ref_logps) * self.mask).sum(-1)
 
 
@@ -96,6 +99,7 @@ def sample_and_score(
     max_new_tokens: int,
     tokenizer=None,
     generation_kwargs: dict | None = None,
+    policy_logps: bool = True,
 ) -> ScoredRollout:
     """Sample `samples_per_prompt` responses per prompt under per-row λ and score them.
 
@@ -108,6 +112,8 @@ def sample_and_score(
         max_new_tokens: response budget.
         tokenizer: the policy's tokenizer (default: loaded from the policy).
         generation_kwargs: overrides of the ancestral sampling (makes training off-policy).
+        policy_logps: take log π under λ (False saves a forward pass when the trainer's only
+            update is on-policy and its KL is not in the reward: GRPO with one step).
     """
     tokenizer = policy.tokenizer() if tokenizer is None else tokenizer
     input_ids = batch["input_ids"].repeat_interleave(samples_per_prompt, 0)
@@ -128,7 +134,7 @@ def sample_and_score(
             **(generation_kwargs or {}),
         )
         args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
-        logps = policy_token_logps(policy, *args)
+        logps = policy_token_logps(policy, *args) if policy_logps else None
         with policy.reference():
             ref_logps = policy_token_logps(policy, *args)
     rewards = torch.as_tensor(reward(rollout)).to(input_ids.device, torch.float32)

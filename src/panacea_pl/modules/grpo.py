@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from panacea_pl.checks import check_integer, check_number
@@ -157,7 +158,16 @@ class PanaceaGRPO(PanaceaModule):
             lam = lam.expand(num_prompts, -1)
         return lam.repeat_interleave(self.group_size, 0)
 
-    def score_rollout(self, batch: dict, preference: Tensor | None = None) -> ScoredRollout:
+    def needs_old_logps(self, rows: int) -> bool:
+        """Whether a rollout of `rows` rows needs log π_old from a separate pass: not when the
+        only update is one on-policy step (π_old = π, as TRL with `num_iterations=1`) and the
+        KL is in the loss; the step's own log-probs then stand in for them."""
+        one_step = self.epochs == 1 and (self.minibatch_size or rows) >= rows
+        return not (one_step and self.kl_in == "loss")
+
+    def score_rollout(
+        self, batch: dict, preference: Tensor | None = None, policy_logps: bool = True
+    ) -> ScoredRollout:
         """G responses per prompt under one λ per group (or `preference` for every row)."""
         if preference is None:
             preference = self.group_preference(batch["input_ids"].shape[0])
@@ -170,6 +180,7 @@ class PanaceaGRPO(PanaceaModule):
             self.max_new_tokens,
             self.tokenizer,
             self.generation_kwargs,
+            policy_logps,
         )
 
     def training_rewards(self, scored: ScoredRollout) -> Tensor:
@@ -191,8 +202,12 @@ class PanaceaGRPO(PanaceaModule):
         with self.policy.preference(scored.preference[index]):
             logps = policy_token_logps(self.policy, *args, positions)
         ref = scored.ref_logps[index] if self.kl_in == "loss" else None
-        mask = scored.mask[index]
-        return self.policy_loss(logps, scored.logps[index], advantages[index], mask, ref)
+        if scored.logps is None:  # one on-policy step over every row: π_old = π
+            if index.numel() != len(scored):
+                raise ValueError("a rollout without log π_old allows one step over every row")
+            scored.logps = torch.empty_like(logps).index_copy(0, index, logps.detach())
+        old = scored.logps[index]
+        return self.policy_loss(logps, old, advantages[index], scored.mask[index], ref)
 
     def optimise(self, scored: ScoredRollout, advantages: Tensor) -> dict[str, Tensor]:
         """`epochs` shuffled passes of minibatch steps; the means of the losses' parts."""
@@ -218,7 +233,8 @@ class PanaceaGRPO(PanaceaModule):
         return {key: value / steps for key, value in totals.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        scored = self.score_rollout(batch)
+        rows = batch["input_ids"].shape[0] * self.group_size
+        scored = self.score_rollout(batch, policy_logps=self.needs_old_logps(rows))
         advantages = self.advantages(scored)
         stats = self.optimise(scored, advantages.advantages)
         self._log_iteration(scored, advantages, stats)
