@@ -16,7 +16,8 @@ checkpointing, no dropout, ancestral sampling at temperature 1, at most `--new-t
   ours  `PanaceaGRPO(PanaceaPolicy(path, PanaceaConfig(rank=k, num_preferences=2)))`: λ drawn
         per prompt and set per row in one `generate`; the iteration is `score_rollout` →
         `advantages` → `grpo_loss` → backward → AdamW (what `training_step` runs, minus
-        Lightning's logging and `manual_backward`).
+        Lightning's logging and `manual_backward`); one on-policy step with the KL in the loss
+        needs no separate log π_old pass (`needs_old_logps`), as TRL with `num_iterations=1`.
   TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`; the
         iteration is `trainer.training_step(model, inputs)` (its generation, scoring,
         reference pass, loss and backward) + `trainer.optimizer.step()`.
@@ -166,10 +167,11 @@ def make_ours(model_dir: Path, prompts: list[str], args):
     rows = [{"prompt": p, "prompt_ids": i} for p, i in zip(prompts, ids, strict=True)]
     batch = PromptCollator(tokenizer.pad_token_id)(rows)
     opt = torch.optim.AdamW(module.policy.adapter.parameters(), lr=args.lr, weight_decay=0.0)
+    n = args.prompts * args.group
     stats = {}
 
     def step() -> None:
-        scored = module.score_rollout(batch)
+        scored = module.score_rollout(batch, policy_logps=module.needs_old_logps(n))
         advantages = module.advantages(scored).advantages
         module.grpo_loss(scored, advantages, torch.arange(len(scored))).loss.backward()
         opt.step()
