@@ -19,7 +19,7 @@ The same in YAML (LightningCLI builds the dataclasses from it):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -170,9 +170,17 @@ class BoundDimension:
 
 
 def bind_dimensions(
-    sources: Sequence[SourceSpec], dimensions: Sequence[DimensionSpec]
+    sources: Sequence[SourceSpec],
+    dimensions: Sequence[DimensionSpec],
+    schemas: Collection[str] | None = None,
 ) -> dict[str, list[BoundDimension]]:
     """Check the configuration and group the dimensions by the source that labels them.
+
+    Args:
+        sources: the configured sources.
+        dimensions: the configured dimensions.
+        schemas: the schema names a source may use (`panacea_pl.data.schemas.SCHEMAS`); None
+            skips that check.
 
     Returns:
         `{source name: [BoundDimension, ...]}` for every source, in configured order (a source
@@ -182,16 +190,14 @@ def bind_dimensions(
         ConfigError: duplicate source or dimension names, a dimension naming an unknown source,
             an unknown direction, or an unknown schema.
     """
-    from panacea_pl.data.schemas import SCHEMAS
-
     names = [s.name for s in sources]
     _no_duplicates(names, "source")
     _no_duplicates([d.name for d in dimensions], "dimension")
     for source in sources:
-        if source.schema not in SCHEMAS:
+        if schemas is not None and source.schema not in schemas:
             raise ConfigError(
                 f"source '{source.name}': unknown schema '{source.schema}'; "
-                f"expected one of {sorted(SCHEMAS)}"
+                f"expected one of {sorted(schemas)}"
             )
     bound: dict[str, list[BoundDimension]] = {name: [] for name in names}
     for index, dim in enumerate(dimensions):

@@ -62,7 +62,7 @@ from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, prompt_records, sft_records
 from panacea_pl.data.resumable import ResumableDataLoader
-from panacea_pl.data.schemas import SourceReport
+from panacea_pl.data.schemas import SCHEMAS, SourceReport
 from panacea_pl.data.sources import source_fingerprint
 from panacea_pl.data.split import split_by_prompt
 from panacea_pl.data.tokenize import (
@@ -146,7 +146,7 @@ class _TokenizedDataModule(pl.LightningDataModule):
     # ---- configuration ----------------------------------------------------------------------
 
     def _bind(self) -> dict[str, list[BoundDimension]]:
-        bound = bind_dimensions(self.sources, self.dimensions)
+        bound = bind_dimensions(self.sources, self.dimensions, SCHEMAS)
         for name, dims in bound.items():
             if not dims:
                 raise ConfigError(
@@ -535,7 +535,7 @@ class PromptDataModule(_TokenizedDataModule):
         )  # fmt: skip
 
     def _bind(self) -> dict[str, list[BoundDimension]]:
-        return bind_dimensions(self.sources, [])
+        return bind_dimensions(self.sources, [], SCHEMAS)
 
     @property
     def dimension_names(self) -> list[str]:
