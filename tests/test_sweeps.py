@@ -5,7 +5,6 @@ the sweep's metric to the W&B summary."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from panacea_pl.loggers import find_offline_runs, read_offline_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p.name for p in (REPO_ROOT / "experiments" / "sweeps").glob("*.yaml"))
+assert SWEEPS, "experiments/sweeps/ holds no sweep"
 METHODS = {"grid", "random", "bayes"}
 STEPS = 3
 
@@ -72,10 +72,6 @@ def lookup(config: dict, dotted: str):
     return node
 
 
-def test_sweeps_are_found():
-    assert {"stories_grid.yaml", "stories_bayes.yaml", "pku_saferlhf_7b.yaml"} <= set(SWEEPS)
-
-
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_is_well_formed(name):
     sweep = load(name)
@@ -102,12 +98,6 @@ def test_sweep_is_well_formed(name):
         "model.init_args.policy.init_args.adapter.rank",
         "model.init_args.preference_alpha",
     } <= names, "the sweeps compare aggregation × β × rank × Dirichlet α"
-
-
-def test_grid_size_is_the_product_of_its_values():
-    sweep = load("stories_grid.yaml")
-    values = [spec["values"] for spec in sweep["parameters"].values()]
-    assert len(list(itertools.product(*values))) == math.prod(len(v) for v in values) == 81
 
 
 @pytest.mark.parametrize("name", SWEEPS)
