@@ -27,7 +27,6 @@ must be a `FixedPreferenceDPO` or a `FixedPreferencePPO` (DPS for RLHF). The run
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import tempfile
 import time
@@ -55,6 +54,7 @@ from panacea_pl.baselines.collection import (
 from panacea_pl.baselines.module import FixedPreference
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.hashing import settings_key
 from panacea_pl.layers import save_adapter
 from panacea_pl.layers.io import CONFIG_NAME
 from panacea_pl.lightning_cli import PanaceaCLI
@@ -393,8 +393,7 @@ def _config_key(cli: BaselineCLI) -> str:
         for c in _as_list(callbacks)
         if not (isinstance(c, dict) and c.get("class_path", "").endswith("ParetoSweep"))
     ]
-    text = json.dumps(dump, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return settings_key(dump)
 
 
 def _tag(lam: list[float]) -> str:

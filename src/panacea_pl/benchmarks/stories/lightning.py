@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from panacea_pl.atomic import atomic_write
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
-from panacea_pl.benchmarks.stories.cache import atomic_write, settings_key
 from panacea_pl.data import (
     DimensionSpec,
     PreferenceDataModule,
@@ -27,6 +27,7 @@ from panacea_pl.data import (
     TokenizationSpec,
 )
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.hashing import settings_key
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
 
@@ -132,7 +133,7 @@ class StoriesPromptDataModule(PromptDataModule):
         path = bench.cache_dir / f"prompts-{settings_key({'prompts': prompts})}.jsonl"
         if not path.is_file():
             lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts)
-            atomic_write(path, lambda tmp: tmp.write_text(lines))
+            atomic_write(path, lambda tmp: tmp.write_text(lines), keep_suffix=True)
         super().__init__(
             tokenizer=str(bench.model_dir),
             sources=[SourceSpec(name="stories", schema="prompts", path=str(path))],
