@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from panacea_pl.checks import check_model_path
 from panacea_pl.data.cache import (
     cache_key,
     cache_path,
@@ -119,7 +120,10 @@ class _TokenizedDataModule(pl.LightningDataModule):
             raise ConfigError(f"mixing must be one of {POLICIES}, got {mixing!r}")
         if mixing_weights is not None and mixing != "interleaved":
             raise ConfigError("mixing_weights apply to mixing: interleaved only")
-        self.tokenizer_path = tokenizer
+        try:
+            self.tokenizer_path = check_model_path(tokenizer, f"{type(self).__name__}.tokenizer")
+        except (FileNotFoundError, TypeError) as err:
+            raise ConfigError(str(err)) from None
         self.sources = list(sources)
         self.dimensions = list(dimensions)
         self.tokenization = tokenization or TokenizationSpec()
