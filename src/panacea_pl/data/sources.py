@@ -24,6 +24,7 @@ from typing import Any
 
 import datasets
 
+from panacea_pl.data.cache import disk_full_error, is_disk_full
 from panacea_pl.data.config import SourceSpec
 from panacea_pl.data.encoding import find_invalid_utf8
 from panacea_pl.data.errors import DataError, Where
@@ -333,6 +334,8 @@ def _load_file(
             builder, data_files=[os.path.abspath(path)], split="train", cache_dir=cache_dir
         )
     except Exception as err:  # noqa: BLE001 - every failure inside `datasets` gets named
+        if is_disk_full(err):
+            raise disk_full_error(_datasets_cache(cache_dir), f"the rows of '{path}'", err) from err
         detail = diagnose_json(path) if builder == "json" else None
         cause = err.__cause__ or err
         if detail is None:
@@ -373,12 +376,18 @@ def _load_hub(spec: SourceSpec, cache_dir: str | None) -> tuple[datasets.Dataset
             cache_dir=cache_dir,
         )
     except Exception as err:  # noqa: BLE001 - every failure inside `datasets` gets named
+        if is_disk_full(err):
+            raise disk_full_error(_datasets_cache(cache_dir), desc, err) from err
         raise DataError(
             f"source '{spec.name}': could not load {desc}: {type(err).__name__}: "
             f"{_first_line(err)}. (No local file of that name exists either; offline runs need "
             "local files or a filled `datasets` cache.)"
         ) from err
     return rows, Where(description=desc)
+
+
+def _datasets_cache(cache_dir: str | None) -> str:
+    return cache_dir or str(datasets.config.HF_DATASETS_CACHE)
 
 
 def _describe(builder: str) -> str:
