@@ -59,6 +59,7 @@ from panacea_pl.data.config import (
     TokenizationSpec,
     bind_dimensions,
 )
+from panacea_pl.data.context import check_context, model_max_positions
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, prompt_records, sft_records
@@ -268,6 +269,9 @@ class _TokenizedDataModule(pl.LightningDataModule):
                 )
             self.prepare_data()
         tables, report = load_cached(path)
+        limit = model_max_positions(self.tokenizer_path)  # the model folder holding the tokenizer
+        if limit is not None:
+            check_context(tables, [s.name for s in self.sources], limit, self.tokenization)
         n = len(self.sources)
         train = datasets.concatenate_datasets([tables[f"train_{i}"] for i in range(n)])
         val = datasets.concatenate_datasets([tables[f"validation_{i}"] for i in range(n)])

@@ -91,6 +91,8 @@ class RowIssues:
         self.policy = policy
         self.where = where
         self.skipped: Counter[str] = Counter(where.skipped)
+        #: per dimension name, values read as "unrated" (null / N/A): kept, but reported
+        self.unrated: Counter[str] = Counter()
 
     def bad(self, index: int, bad: BadValue) -> None:
         """Handle one bad row: raise `DataError` or count it as skipped."""

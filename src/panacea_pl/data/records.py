@@ -79,6 +79,7 @@ def pair_records(
         skipped=dict(issues.skipped),
         dropped=dict(dropped),
         labelled=count_labels(records, dims),
+        unrated=dict(issues.unrated),
     )
     check_labelled(report, dims, where, "pair")
     _log(report)
