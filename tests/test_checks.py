@@ -41,9 +41,21 @@ def test_missing_local_model_folder(path):
         check_model_path(path, "Policy.model_name_or_path")
 
 
-def test_existing_folder_and_hub_id_pass(tmp_path):
+def test_existing_folder_and_hub_id_pass(tmp_path, monkeypatch):
     assert check_model_path(str(tmp_path), "x") == str(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     assert check_model_path("owner/name", "x") == "owner/name"
     (tmp_path / "f.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="is a file; expected a model folder"):
         check_model_path(str(tmp_path / "f.bin"), "x")
+
+
+def test_hub_id_not_cached_while_offline(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=r"tok = 'owner/name': .*HF_HUB_OFFLINE=1 forbids"):
+        check_model_path("owner/name", "tok")
+
+
+def test_neither_folder_nor_hub_id():
+    with pytest.raises(FileNotFoundError, match=r"m = 'my model': no such folder .*not a hub id"):
+        check_model_path("my model", "m")

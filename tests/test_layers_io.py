@@ -88,6 +88,12 @@ def test_string_rank_in_saved_json(saved, tiny_llama_dir):
         load_adapter(tiny.load(tiny_llama_dir), saved)
 
 
+def test_missing_config_field_is_not_defaulted(saved):
+    edit_meta(saved, lambda m: m["config"].pop("num_preferences"))
+    with pytest.raises(AdapterLoadError, match=r"field 'config' lacks \['num_preferences'\]"):
+        read_adapter_config(saved)
+
+
 def test_bad_layer_shape_and_non_object_json(saved, tiny_llama_dir):
     edit_meta(saved, lambda m: m["layers"].update({next(iter(m["layers"])): "big"}))
     with pytest.raises(AdapterLoadError, match=r"field 'layers', layer '.*' = 'big'; expected"):

@@ -31,7 +31,10 @@ def test_dtype_alias(tiny_llama_dir):
 def test_adapter_path_contradicting_adapter(tiny_llama_dir, tmp_path):
     saved = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=3))
     save_adapter(saved.adapter, tmp_path / "m3")
-    with pytest.raises(ValueError, match=r"'.*m3'.*num_preferences 2 \(adapter\) vs 3 \(saved\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"m3/panacea_config.json contradicts .*num_preferences 2 \(adapter\) vs 3 \(saved\)",
+    ):
         PanaceaPolicy(
             str(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=2), str(tmp_path / "m3")
         )

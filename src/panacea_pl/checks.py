@@ -4,7 +4,7 @@
     resolve_dtype("bf16", "PanaceaPolicy.dtype")             # torch.bfloat16
     check_model_path("./no/such/model", "model_name_or_path")  # FileNotFoundError naming both
 
-Torch-only (no Lightning, no transformers import), so the adapter stays usable from plain PyTorch.
+No Lightning or transformers import, so the adapter stays usable from plain PyTorch.
 """
 
 from __future__ import annotations
@@ -102,4 +102,30 @@ def check_model_path(path: str | os.PathLike, argument: str) -> str:
             f"{os.path.abspath(text)!r}); expected an existing model folder or a hub id "
             "'owner/name'"
         )
+    _check_hub_id(text, argument)
     return text
+
+
+def _check_hub_id(name: str, argument: str) -> None:
+    """A string that is no local folder must be a valid hub id, and cached when offline."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{argument} = {name!r}: no such folder (resolved to {os.path.abspath(name)!r}), "
+            "and not a hub id of the form 'owner/name'; expected an existing model folder"
+        ) from None
+    if not constants.HF_HUB_OFFLINE:
+        return
+    if not any(
+        isinstance(try_to_load_from_cache(name, f), str)
+        for f in ("config.json", "tokenizer_config.json")
+    ):
+        raise FileNotFoundError(
+            f"{argument} = {name!r}: no such folder (resolved to {os.path.abspath(name)!r}), "
+            "and HF_HUB_OFFLINE=1 forbids downloading it as a hub model (it is not in the local "
+            "hub cache); expected an existing model folder"
+        )

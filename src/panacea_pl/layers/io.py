@@ -168,6 +168,12 @@ def _read_meta(directory: Path) -> dict:
 
 
 def _config_of(meta: dict, path: Path) -> PanaceaConfig:
+    missing = [f for f in ("rank", "num_preferences") if f not in meta["config"]]
+    if missing:
+        raise AdapterLoadError(
+            f"{path}: field 'config' lacks {missing}; expected the PanaceaConfig the adapter was "
+            "saved with (its weights' shapes depend on them)"
+        )
     try:
         return PanaceaConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as err:

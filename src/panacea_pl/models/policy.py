@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -26,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from panacea_pl.checks import check_model_path, resolve_dtype
 from panacea_pl.layers import PanaceaConfig, inject_adapter, load_adapter, read_adapter_config
+from panacea_pl.layers.io import CONFIG_NAME
 from panacea_pl.models.logprobs import sequence_logprobs
 from panacea_pl.preference import PreferenceLike
 
@@ -177,22 +179,25 @@ class PanaceaPolicy(nn.Module):
 def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> PanaceaConfig:
     """Read a saved adapter's config and refuse one that contradicts the `adapter` also given.
 
+    Compared: rank, num_preferences, alpha, dropout and dtype (target_modules are saved as full
+    layer names and checked against the model when the adapter loads).
+
     Raises:
         AdapterLoadError: `adapter_path` is not a readable adapter folder.
-        ValueError: rank or num_preferences differ; the message names both values and the file.
+        ValueError: a field differs; the message names both values and the file.
     """
     saved = read_adapter_config(adapter_path)
     if adapter is None:
         return saved
     differ = [
-        f"{field} {getattr(adapter, field)} (adapter) vs {getattr(saved, field)} (saved)"
-        for field in ("num_preferences", "rank")
+        f"{field} {getattr(adapter, field)!r} (adapter) vs {getattr(saved, field)!r} (saved)"
+        for field in ("num_preferences", "rank", "alpha", "dropout", "dtype")
         if getattr(adapter, field) != getattr(saved, field)
     ]
     if differ:
         raise ValueError(
-            f"adapter_path {adapter_path!r} holds an adapter that contradicts the `adapter` "
-            f"config: {'; '.join(differ)}. Make them agree, or drop `adapter` to use the "
-            "saved one's config"
+            f"the adapter saved in {Path(adapter_path) / CONFIG_NAME} contradicts the `adapter` "
+            f"config given with it: {'; '.join(differ)}. Make them agree, or drop `adapter` to "
+            "use the saved one's config"
         )
     return saved
