@@ -15,6 +15,8 @@ import gzip
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from panacea_pl.data.errors import DataError
+
 _BLOCK = 1 << 24
 
 
@@ -76,3 +78,47 @@ def find_invalid_utf8(path: str, limit: int = 1000) -> list[InvalidUtf8]:
                 row += 1
             offset += len(line)
     return found
+
+
+def rows_to_drop(path: str, builder: str, on_bad_row: str) -> list[int]:
+    """Rows of a JSON Lines file to drop under `on_bad_row: skip` for bytes that are not UTF-8.
+
+    Raises:
+        DataError: such a byte under `error`, or in a JSON array or CSV file (whose rows cannot be
+            told apart by line); names the row, line and byte offset.
+    """
+    invalid = find_invalid_utf8(path) if builder in ("json", "csv") else []
+    if not invalid:
+        return []
+    json_lines = builder == "json" and not _is_json_array(path)
+    if on_bad_row == "skip" and json_lines:
+        return sorted({bad.row for bad in invalid})
+    how = (
+        "Fix the row, or set `on_bad_row: skip` to drop such rows (they are counted in the log)"
+        if json_lines
+        else "Re-save the file as UTF-8 (rows of a JSON array or CSV file cannot be skipped)"
+    )
+    raise DataError(
+        f"file '{path}', {invalid[0].describe()}; expected UTF-8 text ({len(invalid)} such "
+        f"line(s) in the file). {how}."
+    )
+
+
+def _is_json_array(path: str) -> bool:
+    with _open(path) as fh:
+        head = fh.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def utf8_prefix(data: bytes) -> str | None:
+    """The text of `data` up to its first byte that is not UTF-8; None if that is in line 1.
+
+    Later bad bytes are left to `_load_file`'s scan, which names their row and can skip it.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        return decoder.decode(data, final=False)
+    except UnicodeDecodeError as err:
+        if b"\n" not in data[: err.start]:
+            return None
+        return data[: err.start].decode("utf-8")

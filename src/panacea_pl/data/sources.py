@@ -13,7 +13,6 @@ row within it, then concatenated.
 
 from __future__ import annotations
 
-import codecs
 import glob
 import gzip
 import json
@@ -26,7 +25,7 @@ import datasets
 
 from panacea_pl.data.cache import disk_full_error, is_disk_full
 from panacea_pl.data.config import SourceSpec
-from panacea_pl.data.encoding import find_invalid_utf8
+from panacea_pl.data.encoding import find_invalid_utf8, rows_to_drop, utf8_prefix
 from panacea_pl.data.errors import DataError, Where
 
 #: file ending → `datasets` packaged builder
@@ -176,7 +175,7 @@ def check_file(path: str) -> None:
                 f"PAR1; first bytes {head[:8]!r})"
             )
         return
-    text = _utf8_prefix(head)
+    text = utf8_prefix(head)
     if text is None:  # a bad byte in the first line: not a text file at all
         raise DataError(
             f"file '{path}': not UTF-8 text ({find_invalid_utf8(path, limit=1)[0].describe()}); "
@@ -316,19 +315,7 @@ def _load_file(
     """The file's rows, and the rows dropped for bytes that are not UTF-8 (under skip)."""
     check_file(path)
     builder = data_format(path)
-    invalid = find_invalid_utf8(path) if builder in ("json", "csv") else []
-    json_lines = builder == "json" and not _is_json_array(path)
-    if invalid and not (on_bad_row == "skip" and json_lines):
-        first = invalid[0]
-        how = (
-            "Fix the row, or set `on_bad_row: skip` to drop such rows (they are counted in the log)"
-            if json_lines
-            else "Re-save the file as UTF-8 (rows of a JSON array or CSV file cannot be skipped)"
-        )
-        raise DataError(
-            f"file '{path}', {first.describe()}; expected UTF-8 text ({len(invalid)} such "
-            f"line(s) in the file). {how}."
-        )
+    dropped = rows_to_drop(path, builder, on_bad_row)
     try:
         table = datasets.load_dataset(
             builder, data_files=[os.path.abspath(path)], split="train", cache_dir=cache_dir
@@ -343,17 +330,9 @@ def _load_file(
         raise DataError(
             f"file '{path}' could not be read as {_describe(builder)}: {detail}"
         ) from None
-    dropped = sorted({bad.row for bad in invalid})
     if dropped:
         table = table.select(sorted(set(range(len(table))) - set(dropped)))
     return table, dropped
-
-
-def _is_json_array(path: str) -> bool:
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        head = fh.read(_SNIFF_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"[")
 
 
 def _load_hub(spec: SourceSpec, cache_dir: str | None) -> tuple[datasets.Dataset, Where]:
@@ -401,20 +380,6 @@ def _describe(builder: str) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-def _utf8_prefix(data: bytes) -> str | None:
-    """The text of `data` up to its first byte that is not UTF-8; None if that is in line 1.
-
-    Later bad bytes are left to `_load_file`'s scan, which names their row and can skip it.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        return decoder.decode(data, final=False)
-    except UnicodeDecodeError as err:
-        if b"\n" not in data[: err.start]:
-            return None
-        return data[: err.start].decode("utf-8")
 
 
 def _chain(first: list[str], rest: Any):
