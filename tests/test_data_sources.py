@@ -214,5 +214,20 @@ def test_non_utf8_json_array_cannot_be_skipped(shared_data, tmp_path, hf_cache):
     cut = data.index(b'"prompt"', len(data) // 2) + 11
     path.write_bytes(data[:cut] + b"\xfe" + data[cut:])
     spec = SourceSpec(name="pku", schema="pku_saferlhf", path=str(path))
-    with pytest.raises(DataError, match=r"byte 0xfe is not UTF-8.*cannot be skipped"):
+    with pytest.raises(
+        DataError,
+        match=r"bad\.json', line \d+, byte offset \d+: byte 0xfe is not UTF-8.*cannot be skipped",
+    ):
         pair_records(spec, pku_dims(spec), 1, "skip", hf_cache)
+
+
+def test_non_utf8_csv_row_is_located(pku_rows, tmp_path, hf_cache):
+    path = write(tmp_path / "rows.csv", pku_rows, "csv")
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = lines[5][:10] + b"\xe9" + lines[5][10:]  # a Latin-1 é
+    path.write_bytes(b"\n".join(lines))
+    spec = SourceSpec(name="pku", schema="pku_saferlhf", path=str(path))
+    with pytest.raises(
+        DataError, match=r"rows\.csv', line 6, byte offset \d+: byte 0xe9 is not UTF-8.*Re-save"
+    ):
+        load_source(spec, hf_cache, on_bad_row="skip")

@@ -36,11 +36,10 @@ class InvalidUtf8:
     offset: int
     byte: int
 
-    def describe(self) -> str:
-        return (
-            f"row {self.row} (line {self.line}), byte offset {self.offset}: byte "
-            f"0x{self.byte:02x} is not UTF-8"
-        )
+    def describe(self, rows: bool = True) -> str:
+        """Where and what; `rows` False for files whose rows are not lines (CSV, JSON arrays)."""
+        where = f"row {self.row} (line {self.line})" if rows else f"line {self.line}"
+        return f"{where}, byte offset {self.offset}: byte 0x{self.byte:02x} is not UTF-8"
 
 
 def _open(path: str) -> BinaryIO:
@@ -99,7 +98,7 @@ def rows_to_drop(path: str, builder: str, on_bad_row: str) -> list[int]:
         else "Re-save the file as UTF-8 (rows of a JSON array or CSV file cannot be skipped)"
     )
     raise DataError(
-        f"file '{path}', {invalid[0].describe()}; expected UTF-8 text ({len(invalid)} such "
+        f"file '{path}', {invalid[0].describe(rows=json_lines)}; expected UTF-8 text ({len(invalid)} such "
         f"line(s) in the file). {how}."
     )
 

@@ -178,7 +178,7 @@ def check_file(path: str) -> None:
     text = utf8_prefix(head)
     if text is None:  # a bad byte in the first line: not a text file at all
         raise DataError(
-            f"file '{path}': not UTF-8 text ({find_invalid_utf8(path, limit=1)[0].describe()}); "
+            f"file '{path}': not UTF-8 text ({find_invalid_utf8(path, limit=1)[0].describe(rows=False)}); "
             f"expected {'JSON' if builder == 'json' else 'CSV'} in UTF-8"
         )
     if builder == "json":
