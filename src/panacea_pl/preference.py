@@ -8,6 +8,7 @@ grid = simplex_grid(num_preferences=3, divisions=4)         # 15 × 3 Das–Denn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,8 +105,11 @@ def as_preference_tensor(preference: PreferenceLike | str) -> torch.Tensor:
         ) from None
 
 
-def _parse(value, whole):
-    """Numbers from strings, recursively through lists; arrays of strings become lists."""
+def _parse(value: Any, whole: Any, top: bool = True) -> Any:
+    """Numbers from strings, recursively through lists; arrays of strings become lists.
+
+    A string at the top is a vector ("0.5" → [0.5]); inside a list, a single number is a scalar.
+    """
     if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
         value = value.tolist()
     if isinstance(value, bytes):
@@ -121,17 +125,15 @@ def _parse(value, whole):
                 f"preference {_show(whole)}: {value!r} is not a number or a comma-separated "
                 f"list of numbers; expected {_EXPECTED}"
             ) from None
-        return (
-            numbers[0] if len(numbers) == 1 and value is not whole and "," not in value else numbers
-        )
+        return numbers[0] if len(numbers) == 1 and not top and "," not in value else numbers
     if isinstance(value, bool) or value is None or isinstance(value, dict | set):
         raise PreferenceError(f"preference {_show(whole)}: expected {_EXPECTED}")
     if isinstance(value, list | tuple):
-        return [_parse(v, whole) for v in value]
+        return [_parse(v, whole, top=False) for v in value]
     return value
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -177,7 +179,7 @@ class DirichletSampler:
             f"a finite positive number or {num_preferences} of them (1 is uniform on the simplex)"
         )
         try:
-            conc = torch.as_tensor(_parse(alpha, alpha), dtype=torch.float64).flatten()
+            conc = torch.as_tensor(_parse(alpha, alpha, top=False), dtype=torch.float64).flatten()
         except (TypeError, ValueError, RuntimeError):
             raise PreferenceError(f"Dirichlet alpha = {alpha!r}: expected {expected}") from None
         if conc.numel() == 1:

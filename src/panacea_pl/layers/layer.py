@@ -192,6 +192,5 @@ def _repeat_rows(rows: torch.Tensor, x: torch.Tensor, repeats: int) -> torch.Ten
     raise RuntimeError(
         f"per-sample preference has {b} rows but the batch has {n} sequences (λ shape "
         f"[{b}, {rows.shape[1]}], repeats={repeats}); set one λ row per sequence, or a single λ "
-        f"of shape [m] for "
-        f"the whole batch{hint}"
+        f"of shape [m] for the whole batch{hint}"
     )
