@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from panacea_pl.checks import check_model_path
 from panacea_pl.data.cache import (
     cache_key,
     cache_path,
@@ -58,6 +59,7 @@ from panacea_pl.data.config import (
     TokenizationSpec,
     bind_dimensions,
 )
+from panacea_pl.data.context import check_context, model_max_positions
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, prompt_records, sft_records
@@ -119,7 +121,10 @@ class _TokenizedDataModule(pl.LightningDataModule):
             raise ConfigError(f"mixing must be one of {POLICIES}, got {mixing!r}")
         if mixing_weights is not None and mixing != "interleaved":
             raise ConfigError("mixing_weights apply to mixing: interleaved only")
-        self.tokenizer_path = tokenizer
+        try:
+            self.tokenizer_path = check_model_path(tokenizer, f"{type(self).__name__}.tokenizer")
+        except (FileNotFoundError, TypeError) as err:
+            raise ConfigError(str(err)) from None
         self.sources = list(sources)
         self.dimensions = list(dimensions)
         self.tokenization = tokenization or TokenizationSpec()
@@ -264,6 +269,9 @@ class _TokenizedDataModule(pl.LightningDataModule):
                 )
             self.prepare_data()
         tables, report = load_cached(path)
+        limit = model_max_positions(self.tokenizer_path)  # the model folder holding the tokenizer
+        if limit is not None:
+            check_context(tables, [s.name for s in self.sources], limit, self.tokenization)
         n = len(self.sources)
         train = datasets.concatenate_datasets([tables[f"train_{i}"] for i in range(n)])
         val = datasets.concatenate_datasets([tables[f"validation_{i}"] for i in range(n)])

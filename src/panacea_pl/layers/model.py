@@ -131,8 +131,17 @@ class PanaceaAdapter:
 
     # ---- preference --------------------------------------------------------------------------
 
-    def set_preference(self, preference: PreferenceLike, *, normalize: bool = False) -> None:
+    def set_preference(
+        self, preference: PreferenceLike, *, normalize: bool = False, repeats: int = 1
+    ) -> None:
         """Use λ (shape [m]) for the whole batch, or one row per sequence (shape [B, m]).
+
+        Args:
+            preference: λ, [m] or [B, m].
+            normalize: rescale rows to sum 1 (see `validate_preference`).
+            repeats: each of the B rows serves this many consecutive sequences, so the batch
+                must have B · repeats rows (generate with num_return_sequences or num_beams).
+                Any other batch size is an error, never a silent repetition.
 
         Raises:
             PreferenceError: λ is not on the simplex (see `validate_preference`).
@@ -148,7 +157,10 @@ class PanaceaAdapter:
                 f"adapter is merged at λ={merged.tolist()}; call unmerge() before switching to "
                 f"λ={lam.tolist()}"
             )
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
         self.state.preference = lam
+        self.state.repeats = repeats
 
     @property
     def current_preference(self) -> torch.Tensor | None:
@@ -156,14 +168,16 @@ class PanaceaAdapter:
         return self.state.preference
 
     @contextmanager
-    def preference(self, preference: PreferenceLike, *, normalize: bool = False) -> Iterator[None]:
-        """Use λ inside the block, then restore the previous one."""
-        previous = self.state.preference
-        self.set_preference(preference, normalize=normalize)
+    def preference(
+        self, preference: PreferenceLike, *, normalize: bool = False, repeats: int = 1
+    ) -> Iterator[None]:
+        """Use λ inside the block (arguments as `set_preference`), then restore the previous one."""
+        previous = self.state.preference, self.state.repeats
+        self.set_preference(preference, normalize=normalize, repeats=repeats)
         try:
             yield
         finally:
-            self.state.preference = previous
+            self.state.preference, self.state.repeats = previous
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
