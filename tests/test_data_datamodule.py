@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-import panacea_pl.data.datamodule as dm_module
+import panacea_pl.data.datamodules as dm_module
 from panacea_pl.data import (
     DimensionSpec,
     PerDimensionBatchSampler,

@@ -66,9 +66,11 @@ def agent_command(sweep: dict, assignment: dict) -> list[str]:
 
 
 def lookup(config: dict, dotted: str):
+    """The value at a dotted CLI key; a key given for a class's arguments directly (as the
+    adapter's `...adapter.rank`) is read under the parsed `init_args`."""
     node = config
     for key in dotted.split("."):
-        node = node[key]
+        node = node[key] if key in node else node["init_args"][key]
     return node
 
 
