@@ -13,7 +13,7 @@ import torch
 
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.base import PanaceaModule
-from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses
+from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses, PreferenceLoss
 
 
 class PanaceaDPO(PanaceaModule):
@@ -25,11 +25,13 @@ class PanaceaDPO(PanaceaModule):
 
     Args:
         policy: the causal LM with the Panacea adapter.
-        loss: the per-dimension DPO loss (β, sigmoid or IPO).
+        loss: the per-dimension preference loss (`MultiObjectiveDPOLoss`, `MultiObjectiveIPOLoss`,
+            the reference-free `CPOLoss`, or a user's `PreferenceLoss` subclass); a
+            reference-free loss skips the reference pass.
         **kwargs: see `PanaceaModule` (aggregator, preference sampling, optimiser, …).
     """
 
-    def __init__(self, policy: PanaceaPolicy, loss: MultiObjectiveDPOLoss | None = None, **kwargs):
+    def __init__(self, policy: PanaceaPolicy, loss: PreferenceLoss | None = None, **kwargs):
         super().__init__(policy, **kwargs)
         self.loss = loss if loss is not None else MultiObjectiveDPOLoss()
 
@@ -38,8 +40,10 @@ class PanaceaDPO(PanaceaModule):
         adapter = self.policy.adapter
         with adapter.preference(rows):
             policy_logps = self.policy.sequence_logprobs(batch)
-        with torch.no_grad(), adapter.disabled():
-            reference_logps = self.policy.sequence_logprobs(batch)
+        reference_logps = None
+        if not self.loss.is_reference_free:
+            with torch.no_grad(), adapter.disabled():
+                reference_logps = self.policy.sequence_logprobs(batch)
         return self.loss(policy_logps, reference_logps, batch["labels"])
 
     def dimension_metrics(self, losses: PairwiseLosses) -> dict[str, torch.Tensor]:

@@ -19,7 +19,12 @@ from panacea_pl.objectives.aggregation import (
     SmoothTchebycheff,
     Tchebycheff,
 )
-from panacea_pl.objectives.dpo import MultiObjectiveDPOLoss
+from panacea_pl.objectives.dpo import (
+    CPOLoss,
+    MultiObjectiveDPOLoss,
+    MultiObjectiveIPOLoss,
+    PreferenceLoss,
+)
 from panacea_pl.objectives.outputs import CostLosses, DimensionLosses, PairwiseLosses, masked_mean
 from panacea_pl.objectives.ppo import (
     ClippedPolicyLoss,
@@ -36,6 +41,7 @@ __all__ = [
     "AggregatedAdvantages",
     "Aggregator",
     "BradleyTerryLoss",
+    "CPOLoss",
     "ClippedPolicyLoss",
     "ClippedValueLoss",
     "CostLosses",
@@ -44,8 +50,10 @@ __all__ = [
     "LinearAdvantage",
     "LinearScalarization",
     "MultiObjectiveDPOLoss",
+    "MultiObjectiveIPOLoss",
     "PairwiseLosses",
     "PolicyLossOutput",
+    "PreferenceLoss",
     "PreferenceSFTLoss",
     "SafetyCostLoss",
     "SmoothTchebycheff",
