@@ -278,3 +278,50 @@ def test_convert_llama2c_exits_zero(workdir, shared_data):
     assert (out / "config.json").is_file() and "wrote" in proc.out
     proc = panacea_pl("convert-llama2c", "missing.bin", "tok.bin", str(out), cwd=workdir)
     assert proc.returncode == 2 and "does not exist" in proc.out
+
+
+def test_a_users_own_schema_by_import_path(workdir, shared_data):
+    """A `Schema` subclass in the user's own module, named by its import path in the YAML's
+    `sources`, with no registration; the data cache sees it and the run trains on its pairs."""
+    package = workdir / "user_schemas"
+    package.mkdir(exist_ok=True)
+    (package / "my_schemas.py").write_text(
+        textwrap.dedent(
+            '''
+            from pathlib import Path
+
+            from panacea_pl.data.schemas import PKUSafeRLHF
+
+
+            class FirstHundredPKU(PKUSafeRLHF):
+                """PKU-SafeRLHF, its first 100 rows only (and says how many it adapted)."""
+
+                def pairs(self, rows, where, dims, num_dimensions, issues, dropped):
+                    rows = rows.select(range(min(100, len(rows))))
+                    records = super().pairs(rows, where, dims, num_dimensions, issues, dropped)
+                    Path("schema_rows.txt").write_text(str(len(records)))
+                    return records
+            '''
+        )
+    )
+    sample = shared_data / "pku-saferlhf-sample-500" / "PKU-Alignment_PKU-SafeRLHF_sample.jsonl"
+    mine = {
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "callbacks": [], "logger": False},
+        "data": {
+            "init_args": {
+                "sources": [
+                    {"name": "pku", "schema": "my_schemas.FirstHundredPKU", "path": str(sample)}
+                ],
+                "cache_dir": str(workdir / "data_cache"),
+            }
+        },
+    }
+    (workdir / "schema.yaml").write_text(yaml.safe_dump(mine))
+    local = stories_small.REPO_ROOT / "experiments/pku_saferlhf/panacea_dpo_local.yaml"
+    proc = panacea_pl(
+        "fit", "--config", str(local), "--config", "schema.yaml", cwd=workdir,
+        env={"PYTHONPATH": str(package)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert (workdir / "schema_rows.txt").read_text() == "100"
+    assert "source 'pku': 100 rows" in proc.out or "100" in proc.out

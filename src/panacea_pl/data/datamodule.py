@@ -62,7 +62,7 @@ from panacea_pl.data.context import check_context, model_max_positions
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.resumable import ResumableDataLoader
-from panacea_pl.data.schemas import SCHEMAS, SourceReport
+from panacea_pl.data.schemas import SourceReport, get_schema
 from panacea_pl.data.sources import source_fingerprint
 from panacea_pl.data.split import split_by_prompt
 from panacea_pl.data.tokenize import (
@@ -171,8 +171,17 @@ class TokenizedDataModule(pl.LightningDataModule):
 
     # ---- configuration ----------------------------------------------------------------------
 
+    def _check_schemas(self) -> None:
+        """Resolve every source's schema now, so a bad name fails before anything loads."""
+        for spec in self.sources:
+            try:
+                get_schema(spec.schema)
+            except ConfigError as err:
+                raise ConfigError(f"source '{spec.name}': {err}") from None
+
     def _bind(self) -> dict[str, list[BoundDimension]]:
-        bound = bind_dimensions(self.sources, self.dimensions, SCHEMAS)
+        self._check_schemas()
+        bound = bind_dimensions(self.sources, self.dimensions)
         for name, dims in bound.items():
             if not dims:
                 raise ConfigError(

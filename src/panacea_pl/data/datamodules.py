@@ -34,7 +34,7 @@ from panacea_pl.data.config import (
 )
 from panacea_pl.data.datamodule import TokenizedDataModule
 from panacea_pl.data.records import pair_records, prompt_records, sft_records
-from panacea_pl.data.schemas import SCHEMAS, SourceReport
+from panacea_pl.data.schemas import SourceReport
 from panacea_pl.data.tokenize import (
     TextEncoder,
     pad_token_id,
@@ -186,7 +186,8 @@ class PromptDataModule(TokenizedDataModule):
         )  # fmt: skip
 
     def _bind(self) -> dict[str, list[BoundDimension]]:
-        return bind_dimensions(self.sources, [], SCHEMAS)
+        self._check_schemas()
+        return bind_dimensions(self.sources, [])
 
     @property
     def dimension_names(self) -> list[str]:
