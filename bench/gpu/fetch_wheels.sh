@@ -4,6 +4,8 @@
 #
 #   bash bench/gpu/fetch_wheels.sh          # here, where pip reaches the registry
 #   PYTHON_VERSION=3.12 (default: the GPU image's python3) and PIP=... to override
+#   EXTRA="pyarrow fsspec" bash bench/gpu/fetch_wheels.sh   # also carry these (lock versions),
+#                               # e.g. when the image's copy is too old for datasets
 #
 # Wheels: the packages panacea_pl, its tests and the benches import that the GPU image lacks,
 # at requirements/lock.txt's versions, linux x86_64, --no-deps (the list is the dependency
@@ -29,6 +31,8 @@ PACKAGES=(
   # the DPO bench's peer
   trl
 )
+# shellcheck disable=SC2206
+PACKAGES+=(${EXTRA:-})
 pin() {  # NAME -> NAME==VERSION from the lock (names compared case- and -/_-insensitively)
   local want; want="$(echo "$1" | tr 'A-Z_' 'a-z-')"
   local line; line="$(tr 'A-Z_' 'a-z-' <"$ROOT/requirements/lock.txt" | grep -E "^${want}==" || true)"
