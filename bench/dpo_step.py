@@ -122,8 +122,7 @@ def step_flops(size: str, batch: dict) -> float:
     not) plus 4·L·s·d per position for QKᵀ and PV over the full s × s square. The adapter's
     rank-r products (< 1 %) are not counted; both contenders get the same count."""
     config = llama_config(size)
-    with torch.device("meta"):
-        model = build(size=size, device="meta")
+    model = build(size=size, device="meta")
     n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     rows, s = batch["input_ids"].shape
     attention = 4 * config.num_hidden_layers * s * config.hidden_size

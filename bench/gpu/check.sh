@@ -3,12 +3,13 @@
 #
 #   bash bench/gpu/check.sh                       # on the GPU machine: writes $OUT/gpu_check.json
 #   bash bench/gpu/check.sh --device cpu --tiny   # dry run here (tiny sizes), runs/gpu_check/
-#   options: --out DIR (default $OUT, else runs/gpu_check), --budget SECONDS (default 540)
+#   options: --out DIR (default $OUT, else runs/gpu_check), --budget SECONDS (default 540),
+#            --only fused,dpo_step (rerun some sections; install and env always run)
 #
 # Sections, each in its own process with its own time limit (cut to what is left of the
 # budget); one that fails or times out is recorded with its output's tail and the rest go on:
-#   env               python, torch, CUDA device, versions of the packages this needs
 #   install           the wheels carried in .whl/ (bench/gpu/fetch_wheels.sh) when imports fail
+#   env               python, torch, CUDA device, versions of the packages used
 #   gpu_tests         pytest -m gpu over the test files that have gpu tests
 #   fused             bench/gpu/fused_check.py: fused adapter function vs separate ops
 #   adapter_overhead  bench/adapter_overhead.py on a 1.1B Llama (c/a, c/b)
@@ -22,12 +23,14 @@ DEVICE=cuda
 TINY=0
 OUT_DIR="${OUT:-$ROOT/runs/gpu_check}"
 BUDGET=540
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --out) OUT_DIR="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;
+    --only) ONLY=",$2,"; shift 2 ;;
     *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,12 +44,13 @@ mkdir -p "$SECTIONS"
 PY="${PYTHON:-python3}"
 [ -x "$ROOT/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && PY="$ROOT/.venv/bin/python"
 SITE="$WORK/site"
+WHEELS="${WHEEL_DIR:-$ROOT/.whl}"  # what bench/gpu/fetch_wheels.sh filled
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 export TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 PANACEA_CACHE_DIR="$WORK/cache"
 if [ -z "${PANACEA_DATA_DIR:-}" ]; then
   if [ -d "$ROOT/../shared/data" ]; then export PANACEA_DATA_DIR="$ROOT/../shared/data"
-  elif [ -d "$ROOT/.whl/data" ]; then export PANACEA_DATA_DIR="$ROOT/.whl/data"; fi
+  elif [ -d "$WHEELS/data" ]; then export PANACEA_DATA_DIR="$WHEELS/data"; fi
 fi
 [ "$DEVICE" = cpu ] && export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" CUDA_VISIBLE_DEVICES=""
 START=$(date +%s)
@@ -58,6 +62,10 @@ section() {
   local left=$((BUDGET - ($(date +%s) - START) - 5))
   local limit=$(( cap < left ? cap : left ))
   local t0; t0=$(date +%s%N)
+  if [ -n "$ONLY" ] && [ "$name" != install ] && [ "$name" != env ] && [[ "$ONLY" != *",$name,"* ]]; then
+    echo '{"rc": null, "seconds": 0, "limit_s": 0, "skipped": "not in --only"}' >"$SECTIONS/$name.meta.json"
+    return
+  fi
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
   if [ "$limit" -lt 5 ]; then
     printf '{"rc": null, "seconds": 0, "limit_s": %d, "skipped": "no time left"}\n' "$limit" \
@@ -75,21 +83,21 @@ section() {
   echo "=== $name: rc $rc in ${secs}s" | tee -a "$LOG"
 }
 
-section env 30 "$PY" "$ROOT/bench/gpu/environment.py" --json "$SECTIONS/env.json"
-
 # Install what is missing from the carried wheels (nothing when every import works).
 NEEDED="import datasets, jsonargparse, omegaconf, moocore, trl, wandb, docstring_parser, typeshed_client"
 if "$PY" -c "$NEEDED" >/dev/null 2>&1; then
   echo '{"rc": 0, "seconds": 0, "limit_s": 0, "skipped": "every import works"}' \
     >"$SECTIONS/install.meta.json"
-elif ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+elif ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   section install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target "$SITE" "$ROOT"/.whl/*.whl
+    --upgrade --target "$SITE" "$WHEELS"/*.whl
   export PYTHONPATH="$ROOT/src:$SITE${PYTHONPATH#"$ROOT/src"}"
 else
   echo '{"rc": 1, "seconds": 0, "limit_s": 0, "skipped": "imports fail and no .whl/ (run bench/gpu/fetch_wheels.sh)"}' \
     >"$SECTIONS/install.meta.json"
 fi
+
+section env 30 "$PY" "$ROOT/bench/gpu/environment.py" --json "$SECTIONS/env.json"
 
 GPU_TESTS=$(grep -l "mark.gpu" "$ROOT"/tests/test_*.py | tr '\n' ' ')
 # shellcheck disable=SC2086

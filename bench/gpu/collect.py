@@ -16,7 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-SECTIONS = ["env", "install", "gpu_tests", "fused", "adapter_overhead", "dpo_step", "fsdp"]
+SECTIONS = ["install", "env", "gpu_tests", "fused", "adapter_overhead", "dpo_step", "fsdp"]
 
 
 def junit(path: Path) -> dict:

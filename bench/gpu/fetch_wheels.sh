@@ -14,7 +14,7 @@
 # tree is limited to 64 MiB).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-DEST="$ROOT/.whl"
+DEST="${WHEEL_DIR:-$ROOT/.whl}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
 PIP="${PIP:-$ROOT/.venv/bin/python -m pip}"
 [ -x "${PIP%% *}" ] || PIP="python3 -m pip"
@@ -54,4 +54,4 @@ for sample in pku-saferlhf-sample-500 tinyllamas-stories260k; do
     echo "fetch_wheels: $DATA_DIR/$sample not found: the gpu tests will not find their data" >&2
   fi
 done
-echo "$(ls "$DEST"/*.whl | wc -l) wheels; .whl/ holds $(du -sh "$DEST" | cut -f1) (limit: 64 MiB for the whole carried tree)"
+echo "$(ls "$DEST"/*.whl | wc -l) wheels; $DEST holds $(du -sh "$DEST" | cut -f1) (limit: 64 MiB for the whole carried tree)"
