@@ -33,6 +33,7 @@ from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules import PanaceaDPO
 from panacea_pl.modules.base import SAMPLER_STATE_KEY
 from panacea_pl.objectives import MultiObjectiveDPOLoss
+from panacea_pl.plugins import CheckpointError
 
 STEPS = 2  # before the checkpoint, and again after the resume
 EXPORT_LAMBDA = [0.3, 0.7]
@@ -228,3 +229,28 @@ def test_peft_export_from_the_sharded_model_equals_the_unsharded_export(runs, ti
     diff = _max_diff(one_process, reference)
     print(f"PEFT export, sharded vs 1 process: max |Δ| = {diff:.1e}")
     assert diff < 1e-5
+
+
+def test_checkpoint_hooks_see_through_wrapped_blocks(tiny_llama_dir):
+    """Lightning's FSDP wraps each block (FSDP and activation checkpointing): the parameter
+    names gain the wrappers' module names, the state dict's keys do not. The checkpoint keeps
+    the adapter only, and loads back."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+    )
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    module = _module(str(tiny_llama_dir))
+    apply_activation_checkpointing(module, check_fn=lambda m: isinstance(m, LlamaDecoderLayer))
+    names = [n for n, _ in module.named_parameters()]
+    assert any("_checkpoint_wrapped_module." in n for n in names)
+    checkpoint = {"state_dict": module.state_dict()}
+    assert not any("_checkpoint_wrapped_module." in k for k in checkpoint["state_dict"])
+    module.on_save_checkpoint(checkpoint)
+    adapter = set(module.policy.adapter.state_dict())
+    kept = {k.removeprefix("policy.model.") for k in checkpoint["state_dict"]}
+    assert kept == {k.replace("_checkpoint_wrapped_module.", "") for k in adapter}
+    module.on_load_checkpoint(checkpoint)  # finds every adapter tensor
+    del checkpoint["state_dict"][next(iter(checkpoint["state_dict"]))]
+    with pytest.raises(CheckpointError, match="1 adapter tensors are missing"):
+        module.on_load_checkpoint(checkpoint)
