@@ -113,7 +113,7 @@ else
   OVERHEAD=(--size 1b --batch 8 --seq 512 --steps 10 --repeats 3)
   DPO=(--size 1b --pairs 8 --prompt-len 256 --response-len 256 --warmup 2 --rounds 5 --memory-steps 2)
 fi
-section fused 60 "$PY" "$ROOT/bench/gpu/fused_check.py" --device "$DEVICE" "${FUSED[@]}" \
+section fused 60 "$PY" "$ROOT/bench/gpu/fused_check.py" --device "$DEVICE" ${FUSED[@]+"${FUSED[@]}"} \
   --json "$SECTIONS/fused.json"
 section adapter_overhead 120 "$PY" "$ROOT/bench/adapter_overhead.py" --device "$DEVICE" \
   "${OVERHEAD[@]}" --skip-generation --json "$SECTIONS/adapter_overhead.json"
@@ -122,7 +122,11 @@ section dpo_step 180 "$PY" "$ROOT/bench/dpo_step.py" --device "$DEVICE" "${DPO[@
 section fsdp 120 "$PY" "$ROOT/bench/gpu/fsdp_resume.py" --device "$DEVICE" \
   --root "$WORK/fsdp" --json "$SECTIONS/fsdp.json"
 
-"$PY" "$ROOT/bench/gpu/collect.py" "$SECTIONS" "$OUT_DIR/gpu_check.json" \
+if ! "$PY" "$ROOT/bench/gpu/collect.py" "$SECTIONS" "$OUT_DIR/gpu_check.json" \
   --device "$DEVICE" --tiny "$TINY" --budget "$BUDGET" --elapsed "$(( $(date +%s) - START ))" \
-  | tee -a "$LOG"
+  | tee -a "$LOG"; then
+  # keep the raw section files where they come back, so that nothing is lost
+  echo "collect.py failed: raw sections in $OUT_DIR/sections.tar.gz" | tee -a "$LOG"
+  tar -czf "$OUT_DIR/sections.tar.gz" -C "$WORK" sections
+fi
 rm -rf "$WORK"

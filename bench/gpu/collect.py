@@ -44,7 +44,7 @@ def section(folder: Path, name: str) -> dict:
     record = json.loads(meta_path.read_text())
     rc = record.get("rc")
     if record.get("skipped"):
-        record["status"] = "skipped"
+        record["status"] = "skipped" if rc in (0, None) else "failed"
     elif rc == 0:
         record["status"] = "ok"
     elif rc in (124, 137):
