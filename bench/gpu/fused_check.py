@@ -14,7 +14,8 @@ layer's separate ops (`_forward_composed`), both in the precision of the case:
 
 each with one λ per batch and one λ per sequence. For y, ∂x, ∂U, ∂V, ∂σ and ∂s it records the
 largest difference between the two paths relative to the largest magnitude of the fp64 result
-(`rel_diff`), and each path's own error against fp64 (`rel_err_fused`, `rel_err_separate`).
+(`rel_diff`; `abs_diff` and `max_abs_fp64` are its two parts), and each path's own error
+against fp64 (`rel_err_fused`, `rel_err_separate`).
 The fused path passes when rel_diff ≤ `--tol` (default 2⁻⁶, four bf16 ulps at the top of the
 range) and its error is at most twice the separate ops' error plus one bf16 ulp.
 """
@@ -107,7 +108,13 @@ def compare(case: str, per_sample: bool, shape, device: str, seed: int = 0) -> d
 
         diff = rel(fused[key], separate[key])
         err_f, err_s = rel(fused[key], ref[key]), rel(separate[key], ref[key])
-        result[key] = {"rel_diff": diff, "rel_err_fused": err_f, "rel_err_separate": err_s}
+        result[key] = {
+            "rel_diff": diff,
+            "rel_err_fused": err_f,
+            "rel_err_separate": err_s,
+            "abs_diff": (fused[key] - separate[key]).abs().max().item(),
+            "max_abs_fp64": scale,
+        }
     return result
 
 
