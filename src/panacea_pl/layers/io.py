@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from panacea_pl.atomic import atomic_write
 from panacea_pl.layers.config import PanaceaConfig
+from panacea_pl.layers.functional import singular_values
 from panacea_pl.layers.layer import linear_shape
 from panacea_pl.layers.model import PanaceaAdapter, inject_adapter
 from panacea_pl.preference import PreferenceLike, validate_preference
@@ -264,12 +265,16 @@ def export_peft(
         raise ValueError("export_peft needs one λ of shape [m]")
     _clear_for_export(directory, overwrite)
     tensors, conv1d = {}, set()
+    state = adapter.state_dict()  # whole tensors, also from a sharded (FSDP2) model
     with torch.no_grad():
         for name, layer in adapter.layers.items():
-            d = layer.singular_values(lam.to(layer.panacea_scale.device))
+            sigma, scale = state[f"{name}.panacea_sigma"], state[f"{name}.panacea_scale"]
+            lam_l = lam.to(device=scale.device, dtype=scale.dtype)
+            d = singular_values(sigma, scale, lam_l, layer.scaling)
             prefix = f"base_model.model.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = (d[:, None] * layer.panacea_V).contiguous().cpu()
-            tensors[f"{prefix}.lora_B.weight"] = layer.panacea_U.detach().contiguous().cpu()
+            lora_a = d[:, None] * state[f"{name}.panacea_V"]
+            tensors[f"{prefix}.lora_A.weight"] = lora_a.contiguous().cpu()
+            tensors[f"{prefix}.lora_B.weight"] = state[f"{name}.panacea_U"].contiguous().cpu()
             conv1d.add(layer.is_conv1d)
     if len(conv1d) > 1:
         raise ValueError("PEFT needs one fan_in_fan_out for all targets; this model mixes both")

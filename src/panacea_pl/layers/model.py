@@ -18,11 +18,17 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers.pytorch_utils import Conv1D
 
 from panacea_pl.layers.config import DEFAULT_TARGET_MODULES, PanaceaConfig
 from panacea_pl.layers.layer import AdapterState, PanaceaLinear
 from panacea_pl.preference import PreferenceLike, validate_preference
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor shard (FSDP2) is all-gathered, a plain tensor returned as is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def find_target_modules(model: nn.Module, target_modules: list[str] | str | None) -> list[str]:
@@ -126,8 +132,9 @@ class PanaceaAdapter:
         return [p for _, p in self.named_parameters()]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, keyed like `named_parameters`."""
-        return {name: p.detach() for name, p in self.named_parameters()}
+        """Adapter tensors only, keyed like `named_parameters`, whole: the shards of a model
+        sharded with FSDP2 (`fully_shard`) are gathered, so every rank must call this."""
+        return {name: full_tensor(p.detach()) for name, p in self.named_parameters()}
 
     # ---- preference --------------------------------------------------------------------------
 
