@@ -246,8 +246,9 @@ def export_peft(
 ) -> Path:
     """Write a standard PEFT LoRA folder equal to the adapter at one fixed λ.
 
-    With r = k + m and lora_alpha = r (PEFT scaling 1): lora_B = c·U and lora_A = diag(d(λ))·V,
-    so B·A = c·U·diag(d(λ))·V, our update. GPT-2's Conv1D layers get `fan_in_fan_out`.
+    With r = k + m and lora_alpha = r (PEFT scaling 1): lora_B = U and lora_A = diag(c·d(λ))·V
+    (c inside A, where `singular_values` puts it), so B·A = c·U·diag(d(λ))·V, our update.
+    GPT-2's Conv1D layers get `fan_in_fan_out`.
 
     Args:
         adapter: the adapter to export.
