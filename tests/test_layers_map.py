@@ -63,3 +63,16 @@ def test_general_and_preference_singular_values():
     torch.testing.assert_close(y, torch.tensor([[4.5, 8.5]]))
     with adapter.disabled():
         torch.testing.assert_close(model(torch.tensor([[2.0, 1.0]])), torch.tensor([[2.5, 0.5]]))
+
+
+def test_a_checked_preference_is_only_shape_checked():
+    """The modules pass λ drawn by their sampler with `checked=True`: no value is read back (on a
+    GPU each full check costs host syncs), only the shape is checked."""
+    config = PanaceaConfig(rank=0, num_preferences=2, alpha=1.0)
+    model, adapter = two_by_two(config, [[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], [], 3.0)
+    adapter.set_preference(torch.tensor([2.0, -1.0]), checked=True)  # values are not read
+    torch.testing.assert_close(adapter.current_preference, torch.tensor([2.0, -1.0]))
+    with pytest.raises(ValueError, match=r"shape \[2\] or \[batch, 2\]"):
+        adapter.set_preference(torch.ones(3), checked=True)
+    with pytest.raises(ValueError, match="negative"):
+        adapter.set_preference(torch.tensor([2.0, -1.0]))  # unchecked input is validated

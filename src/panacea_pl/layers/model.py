@@ -23,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from panacea_pl.layers.config import DEFAULT_TARGET_MODULES, PanaceaConfig
 from panacea_pl.layers.layer import AdapterState, PanaceaLinear
-from panacea_pl.preference import PreferenceLike, validate_preference
+from panacea_pl.preference import PreferenceError, PreferenceLike, validate_preference
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,12 @@ class PanaceaAdapter:
     # ---- preference --------------------------------------------------------------------------
 
     def set_preference(
-        self, preference: PreferenceLike, *, normalize: bool = False, repeats: int = 1
+        self,
+        preference: PreferenceLike,
+        *,
+        normalize: bool = False,
+        repeats: int = 1,
+        checked: bool = False,
     ) -> None:
         """Use λ (shape [m]) for the whole batch, or one row per sequence (shape [B, m]).
 
@@ -149,15 +154,26 @@ class PanaceaAdapter:
             repeats: each of the B rows serves this many consecutive sequences, so the batch
                 must have B · repeats rows (generate with num_return_sequences or num_beams).
                 Any other batch size is an error, never a silent repetition.
+            checked: λ is a tensor that was validated where it entered (the modules' λ sampler
+                draws it on the simplex): only its shape is checked, so a training step reads
+                no value back from an accelerator (a full check costs three host syncs).
 
         Raises:
             PreferenceError: λ is not on the simplex (see `validate_preference`).
             RuntimeError: the adapter is merged at a different λ.
         """
         device = next(iter(self.layers.values())).panacea_scale.device
-        lam = validate_preference(
-            preference, self.num_preferences, normalize=normalize, device=device
-        )
+        if checked and isinstance(preference, torch.Tensor) and not normalize:
+            if preference.dim() not in (1, 2) or preference.shape[-1] != self.num_preferences:
+                raise PreferenceError(
+                    f"preference must have shape [{self.num_preferences}] or [batch, "
+                    f"{self.num_preferences}], got shape {list(preference.shape)}"
+                )
+            lam = preference.to(device=device, dtype=torch.float32)
+        else:
+            lam = validate_preference(
+                preference, self.num_preferences, normalize=normalize, device=device
+            )
         merged = self.state.merged_preference
         if merged is not None and not (lam.shape == merged.shape and torch.equal(lam, merged)):
             raise RuntimeError(
@@ -176,11 +192,16 @@ class PanaceaAdapter:
 
     @contextmanager
     def preference(
-        self, preference: PreferenceLike, *, normalize: bool = False, repeats: int = 1
+        self,
+        preference: PreferenceLike,
+        *,
+        normalize: bool = False,
+        repeats: int = 1,
+        checked: bool = False,
     ) -> Iterator[None]:
         """Use λ inside the block (arguments as `set_preference`), then restore the previous one."""
         previous = self.state.preference, self.state.repeats
-        self.set_preference(preference, normalize=normalize, repeats=repeats)
+        self.set_preference(preference, normalize=normalize, repeats=repeats, checked=checked)
         try:
             yield
         finally:

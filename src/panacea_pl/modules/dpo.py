@@ -38,7 +38,7 @@ class PanaceaDPO(PanaceaModule):
     def dimension_losses(self, batch: dict, preference: torch.Tensor) -> PairwiseLosses:
         rows = preference if preference.dim() == 1 else preference.repeat(2, 1)  # a rows, b rows
         adapter = self.policy.adapter
-        with adapter.preference(rows):
+        with adapter.preference(rows, checked=True):  # drawn on the simplex by the sampler
             policy_logps = self.policy.sequence_logprobs(batch)
         reference_logps = None
         if not self.loss.is_reference_free:
