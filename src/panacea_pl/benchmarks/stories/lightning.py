@@ -147,7 +147,9 @@ class StoriesPromptDataModule(PromptDataModule):
 
 class StoriesEvaluator:
     """Evaluator (a): sample stories for every λ of the grid (per-sample λ, batched) and score
-    them with the ground-truth scorers; report regret and hypervolume ratio to the optimum.
+    them with the ground-truth scorers; report G (the fraction of the achievable gain), regret and
+    hypervolume ratio to the optimum. Common random numbers: every λ and the base model see the
+    same prompts and sampling noise. Sharded over the ranks of a process group (`distributed`).
 
     Args:
         num_dimensions, data_dir, cache_dir, benchmark: as in `StoriesDataModule` (same values,
@@ -169,6 +171,8 @@ class StoriesEvaluator:
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
         self.last_evaluation = None
+
+    distributed = True  # every rank calls `evaluate`: rows sharded, results gathered
 
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
         policy = module.policy  # a PreferencePolicy: Panacea's, or a baseline's collection
@@ -193,12 +197,16 @@ class StoriesEvaluator:
             reference_point=ev.reference_point,
             lower=np.array([s.low for s in scorers], dtype=float),
             upper=np.array([s.high for s in scorers], dtype=float),
-            columns={"kl": ev.kl, "regret": ev.regret, "regret_se": ev.regret_se}
+            columns={"gain": ev.gain, "gain_se": ev.gain_se}
+            | {"kl": ev.kl, "regret": ev.regret, "regret_se": ev.regret_se}
             | {f"{n}_se": ev.objectives_se[:, i] for i, n in enumerate(ev.dimension_names)},
             summary={
+                "mean_gain": ev.mean_gain,
+                "mean_gain_se": ev.mean_gain_se,
                 "hypervolume_ratio": ev.hypervolume_ratio,
                 "mean_regret": ev.mean_regret,
                 "mean_kl": float(ev.kl.mean()),
             },
             optimum=optimum.objectives,
+            base=ev.base_objectives,
         )
