@@ -10,8 +10,10 @@ A sweep's rows are independent, and with common random numbers (`panacea_pl.eval
 a row's sample is a function of its global index only, so the gathered result does not depend on
 the number of processes. Rank r takes the contiguous rows [⌊N·r/W⌋, ⌊N·(r+1)/W⌋). A sharded
 model (FSDP, ZeRO-3) needs every rank in every forward, so ranks with fewer chunks run dummy
-one-row chunks until all have run as many as the busiest; each generate call must then also
-keep stepping until every rank is done (`synced_gpus`, see `sync_generation`).
+one-row chunks until all have run as many as the busiest. Within a `generate` call a sharded
+model must also keep stepping until every rank is done: `transformers` does that by itself
+(`synced_gpus`) for FSDP- and ZeRO-3-managed models; an unsharded model under DDP steps alone,
+with no per-token synchronisation.
 Without an initialised process group (or with one process) the plan is the whole range.
 """
 
@@ -48,11 +50,6 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def sync_generation() -> bool:
-    """Whether `generate` must keep stepping until every rank finishes (`synced_gpus`)."""
-    return rank_and_world()[1] > 1
 
 
 def chunk_range(start: int, stop: int, size: int, boundary: int | None = None) -> list[Chunk]:

@@ -60,7 +60,7 @@ from panacea_pl.benchmarks.stories.sampling import (
 from panacea_pl.benchmarks.stories.scorers import Scorer, get_scorers, score_texts
 from panacea_pl.evaluation.crn import row_keys
 from panacea_pl.evaluation.gain import Gain, achievable_gain
-from panacea_pl.evaluation.sharding import Chunk, gather, shard_plan, sync_generation
+from panacea_pl.evaluation.sharding import Chunk, gather, shard_plan
 from panacea_pl.layers import PanaceaAdapter
 from panacea_pl.pareto.front import hypervolume
 
@@ -231,7 +231,6 @@ class _RowSampler:
             [self.prompts[i % k % len(self.prompts)] for i in rows],
             self.max_new_tokens,
             noise_keys=self.keys[[i % k for i in rows]],
-            synced=sync_generation(),
         )
 
     def rows(self, batch: SampledBatch, log_ratio: torch.Tensor | None) -> list[tuple]:

@@ -75,15 +75,13 @@ def sample_batch(
     prompts: Sequence[str],
     max_new_tokens: int,
     noise_keys: torch.Tensor | None = None,
-    synced: bool = False,
 ) -> SampledBatch:
     """Sample one continuation of each prompt (BOS + prompt) with temperature 1.
 
     The model samples with whatever preference is currently set on it; seed with
     `torch.manual_seed` beforehand for reproducible samples. With `noise_keys` ([B] int64, see
     `panacea_pl.evaluation.crn`) each row's sample is a function of its key instead of the global
-    generator's state (common random numbers); `synced` keeps every rank stepping until all are
-    done (a sharded model under `torch.distributed`).
+    generator's state (common random numbers).
     """
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     stops = stop_token_ids(model)
@@ -99,7 +97,6 @@ def sample_batch(
         max_new_tokens=max_new_tokens,
         eos_token_id=stops,
         pad_token_id=pad_id,
-        synced_gpus=True if synced else None,
         **decoding,
     ).cpu()
     prompt_len = encoded.input_ids.shape[1]
