@@ -52,17 +52,18 @@ def row_keys(seed: int, rows: torch.Tensor | list[int]) -> torch.Tensor:
 
 
 def uniform_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """[N, vocab] float64 uniforms in (0, 1): a function of (key, step, token id) only."""
+    """[N, vocab] float32 uniforms in (0, 1) on a 2⁻²³ lattice: a function of (key, step, token
+    id) only."""
     keys = keys.to(torch.int64)
     per_step = mix32(keys ^ mix32(torch.tensor(step * _GOLDEN + 1, device=keys.device)))
     tokens = mix32(torch.arange(vocab, device=keys.device, dtype=torch.int64) * _GOLDEN + 7)
-    bits = mix32(per_step[:, None] ^ tokens[None, :])
-    return (bits.double() + 0.5) / 2.0**32
+    bits = mix32(per_step[:, None] ^ tokens[None, :]) >> 9  # 23 bits: u < 1 exactly in float32
+    return (bits.float() + 0.5) * 2.0**-23
 
 
 def gumbel_noise(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """[N, vocab] float32 standard Gumbel noise, −log(−log u) of `uniform_noise`."""
-    return (-torch.log(-torch.log(uniform_noise(keys, step, vocab)))).float()
+    return -torch.log(-torch.log(uniform_noise(keys, step, vocab)))
 
 
 class GumbelSampler:
