@@ -91,3 +91,27 @@ def test_base_draws_are_the_sweeps_draws(bench, moved):
     np.testing.assert_array_equal(policy.base_objectives, base.objectives[0])
     # G(λ) = 1 − regret(π) / regret(π_ref), with regret(π_ref) the base model's at each λ
     np.testing.assert_allclose(policy.gain, 1 - policy.regret / base.regret, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_stories_evaluator_reports_gain_and_the_base_point(bench, tmp_path):
+    """G per λ with its standard error in the columns (CSV, W&B table), its mean in the summary
+    (W&B summary), beside the hypervolume ratio; the base model's point for the plot."""
+    from types import SimpleNamespace
+
+    from panacea_pl.benchmarks.stories import StoriesEvaluator
+    from panacea_pl.models import PanaceaPolicy
+    from panacea_pl.preference import simplex_grid
+
+    policy = PanaceaPolicy(str(bench.model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    evaluator = StoriesEvaluator(
+        2, bench.checkpoint.parent, bench.cache_dir, benchmark=SMALL, samples_per_prompt=8
+    )
+    result = evaluator.evaluate(SimpleNamespace(policy=policy), simplex_grid(2, 2))
+    metrics = result.metrics()
+    assert {"mean_gain", "mean_gain_se", "hypervolume_ratio", "mean_regret"} <= set(metrics)
+    assert metrics["mean_gain"] == pytest.approx(0.0, abs=1e-3)  # a fresh adapter: the base
+    np.testing.assert_allclose(result.columns["gain"], 0.0, atol=1e-3)
+    assert result.columns["gain_se"].shape == (3,)
+    np.testing.assert_array_equal(result.base, result.objectives[0])
+    assert "gain" in result.header()
