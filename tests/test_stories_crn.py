@@ -22,13 +22,14 @@ def bench(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def moved(bench):
-    """A model whose random adapter makes λ matter."""
+    """A model whose random adapter (fixed seed, whatever ran before) makes λ matter."""
     model = bench.load_model()
     adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in adapter.layers.values():
-            layer.panacea_U.copy_(torch.randn(layer.panacea_U.shape, generator=gen) * 0.3)
+            layer.panacea_U.copy_(torch.randn(layer.panacea_U.shape, generator=gen) * 0.1)
+            layer.panacea_V.copy_(torch.randn(layer.panacea_V.shape, generator=gen) * 0.1)
     return model
 
 
