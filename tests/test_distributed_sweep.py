@@ -127,7 +127,7 @@ def test_two_processes_sweep_the_same_front_as_one(stories_env, tmp_path):
     )
 
 
-def _validate(rank: int, world: int, port: int, out: str) -> None:
+def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) -> None:
     """`trainer.validate` with a final ParetoSweep; rank zero writes `out/{world}/final.csv`."""
     torch.set_num_threads(1)
     if world > 1:
@@ -143,7 +143,9 @@ def _validate(rank: int, world: int, port: int, out: str) -> None:
     _randomise(policy.adapter)
     module = PanaceaDPO(policy, dimension_names=["happy", "sad"])
     data = StoriesDataModule(2, batch_size=4, val_fraction=0.25, benchmark=stories_small.SMALL)
-    evaluator = StoriesEvaluator(2, samples_per_prompt=2, benchmark=stories_small.SMALL)
+    evaluator = StoriesEvaluator(
+        2, samples_per_prompt=2, benchmark=stories_small.SMALL, shard=shard
+    )
     sweep = ParetoSweep(evaluator, divisions=4, output_dir=str(Path(out) / str(world)))
     strategy = DDPStrategy(process_group_backend="gloo") if world > 1 else "auto"
     trainer = tiny.quiet_trainer(
@@ -154,7 +156,8 @@ def _validate(rank: int, world: int, port: int, out: str) -> None:
         callbacks=[sweep],
     )
     trainer.validate(module, datamodule=data)
-    assert evaluator.last_evaluation is not None  # every rank sampled its share of the rows
+    # sharded: every rank sampled its share of the rows; else rank zero sampled them all
+    assert (evaluator.last_evaluation is not None) == (shard or rank == 0)
     assert (sweep.last_result is not None) == (rank == 0)  # logged once, on rank zero
 
 
@@ -166,10 +169,11 @@ def _read(path: Path) -> tuple[list[str], np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_pareto_sweep_under_ddp_logs_the_one_process_front(stories_env, tmp_path):
+@pytest.mark.parametrize("shard", [True, False])
+def test_pareto_sweep_under_ddp_logs_the_one_process_front(stories_env, tmp_path, shard):
     _validate(0, 1, 0, str(tmp_path))
     mp.start_processes(
-        _validate, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+        _validate, args=(2, _free_port(), str(tmp_path), shard), nprocs=2, start_method="fork"
     )
     header, one = _read(tmp_path / "1" / "final.csv")
     header_two, two = _read(tmp_path / "2" / "final.csv")

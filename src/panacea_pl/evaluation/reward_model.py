@@ -46,7 +46,7 @@ sampling noise, and chunking does not change a response); `do_sample=True` sampl
 and of the base model (prompt k, sample k) shares one noise key derived from `seed`, so a policy
 that ignores λ gives one point, the columns `"{objective} - base"` (with `"… - base se"`) are
 paired differences, and a sweep is the same at every call, in any chunking, on any number of
-ranks. **Ranks.** Under DDP every rank calls `evaluate` (`distributed = True`): it generates and
+ranks. **Ranks.** Under DDP every rank calls `evaluate` (`shard`, the default): it generates and
 scores its share of the rows (`panacea_pl.evaluation.sharding`), and all ranks get the gathered
 front.
 """
@@ -165,6 +165,8 @@ class RewardModelEvaluator:
         lower, upper: [m] the inner product's range (default: reference, reference + 1).
         scorer_dtype: dtype to load the scorer in.
         progress: show progress bars.
+        shard: under DDP, every rank generates and scores its share of the rows (`ParetoSweep`
+            then calls `evaluate` on every rank); False: rank zero does all of them.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class RewardModelEvaluator:
         upper: list[float] | None = None,
         scorer_dtype: str = "float32",
         progress: bool = True,
+        shard: bool = True,
     ):
         if samples_per_prompt < 1 or max_rows < 1 or max_new_tokens < 1:
             raise ValueError("samples_per_prompt, max_rows and max_new_tokens must be at least 1")
@@ -205,6 +208,7 @@ class RewardModelEvaluator:
         if do_sample:
             self.generate_kwargs |= {"temperature": temperature, "top_p": top_p, "top_k": 0}
         self.seed = seed
+        self.distributed = shard  # ParetoSweep: every rank calls `evaluate`
         self.max_rows = max_rows
         self.score_batch_size = score_batch_size
         self.reference_point = reference_point
@@ -244,8 +248,6 @@ class RewardModelEvaluator:
         spec = self.tokenization or getattr(datamodule, "tokenization", None)
         spec = spec or TokenizationSpec(prompt_template="{prompt}", max_prompt_length=None)
         return encode_prompts(tokenizer, prompts, spec)
-
-    distributed = True  # every rank calls `evaluate`: rows sharded, results gathered
 
     @torch.no_grad()
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
@@ -314,7 +316,7 @@ class RewardModelEvaluator:
         sample), so every λ and the base model share the draws."""
         keys = row_keys(self.seed, torch.arange(len(prompts)) % per_lambda)
         group_size = None if getattr(policy, "per_sample_preference", True) else per_lambda
-        plan = shard_plan(len(prompts), self.max_rows, group_size)
+        plan = shard_plan(len(prompts), self.max_rows, group_size, sharded=self.distributed)
         local = generate_rows(
             policy,
             tokenizer,
@@ -329,7 +331,7 @@ class RewardModelEvaluator:
             **self.generate_kwargs,
         )
         scores = self._score(local.texts, sources) if local.prompts else None
-        parts = gather([(local, scores)])
+        parts = gather([(local, scores)], self.distributed)
         generations = Generations(
             [p for g, _ in parts for p in g.prompts],
             [r for g, _ in parts for r in g.responses],

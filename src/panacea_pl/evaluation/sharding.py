@@ -72,6 +72,7 @@ def shard_plan(
     group_size: int | None = None,
     rank: int | None = None,
     world: int | None = None,
+    sharded: bool = True,
 ) -> ShardPlan:
     """This rank's share of `total` rows in chunks, padded to the busiest rank's chunk count.
 
@@ -80,8 +81,12 @@ def shard_plan(
         max_rows: most rows per chunk.
         group_size: rows per λ where a chunk must not mix two λ (None: any mix).
         rank, world: default: the process group's (see `rank_and_world`).
+        sharded: False: every row on this rank, whatever the process group (a caller that runs
+            on one rank only).
     """
-    if rank is None or world is None:
+    if not sharded:
+        rank, world = 0, 1
+    elif rank is None or world is None:
         rank, world = rank_and_world()
     bounds = [total * r // world for r in range(world + 1)]
     counts = [
@@ -93,10 +98,11 @@ def shard_plan(
     return ShardPlan(rank, world, bounds[rank], bounds[rank + 1], chunks)
 
 
-def gather(local: list[Any]) -> list[Any]:
-    """Every rank's list, concatenated in rank order (= global row order), on every rank."""
+def gather(local: list[Any], sharded: bool = True) -> list[Any]:
+    """Every rank's list, concatenated in rank order (= global row order), on every rank
+    (`local` itself when not `sharded` or without a process group)."""
     _, world = rank_and_world()
-    if world == 1:
+    if world == 1 or not sharded:
         return list(local)
     parts: list[list[Any] | None] = [None] * world
     dist.all_gather_object(parts, list(local))

@@ -144,6 +144,7 @@ def evaluate_policy(
     reference_point: np.ndarray | None = None,
     progress: bool = True,
     base: bool = True,
+    shard: bool = True,
 ) -> Evaluation:
     """Sample, score and compare a policy with the optimum on the optimum's λ grid.
 
@@ -166,6 +167,8 @@ def evaluate_policy(
         reference_point: hypervolume reference point [m] (default: see the module docstring).
         progress: show a progress bar.
         base: also sample the base model on the same draws (for G; K more rows).
+        shard: under a process group, sample this rank's share of the rows and gather (every
+            rank must call); False: all rows here (a call from one rank only).
 
     Raises:
         ValueError: `set_preference` without a `reference`, or both `adapter` and `set_preference`.
@@ -181,7 +184,7 @@ def evaluate_policy(
     scorers = tuple(scorers or get_scorers(m))
     per_pref = len(prompts) * samples_per_prompt
     keys = row_keys(seed, torch.arange(per_pref))
-    sampler = _RowSampler(model, tokenizer, list(prompts), keys, max_new_tokens, scorers)
+    sampler = _RowSampler(model, tokenizer, list(prompts), keys, max_new_tokens, scorers, shard)
     was_training = model.training
     model.eval()
     # The adapter's context restores the λ it had before the evaluation.
@@ -208,19 +211,20 @@ def evaluate_policy(
 class _RowSampler:
     """Samples and scores the rows of a sweep; row i uses prompt i mod P and key i mod K."""
 
-    def __init__(self, model, tokenizer, prompts, keys, max_new_tokens, scorers):
+    def __init__(self, model, tokenizer, prompts, keys, max_new_tokens, scorers, shard):
         self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
         self.keys, self.max_new_tokens, self.scorers = keys, max_new_tokens, scorers
+        self.shard = shard
 
     def run(self, total, batch_size, group_size, chunk_fn, progress=False) -> list[tuple]:
         """(text, rewards [m], log-ratio) of every row, gathered from every rank in row order."""
-        plan = shard_plan(total, batch_size, group_size)
+        plan = shard_plan(total, batch_size, group_size, sharded=self.shard)
         local: list[tuple] = []
         for chunk in tqdm(plan.chunks, desc="evaluating policy", disable=not progress):
             out = chunk_fn(chunk)
             if chunk.keep:
                 local += out
-        return gather(local)
+        return gather(local, self.shard)
 
     def sample(self, model, chunk: Chunk) -> SampledBatch:
         rows = range(chunk.start, chunk.stop)

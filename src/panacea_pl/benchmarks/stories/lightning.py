@@ -156,6 +156,8 @@ class StoriesEvaluator:
             so the optimum is the one the pairs were labelled for).
         samples_per_prompt: responses per prompt and λ.
         seed: sampling seed (the same seed every sweep, so fronts are comparable).
+        shard: under DDP, every rank samples its share of the rows (`ParetoSweep` then calls
+            `evaluate` on every rank); False: rank zero samples all of them.
     """
 
     def __init__(
@@ -166,13 +168,13 @@ class StoriesEvaluator:
         benchmark: dict | None = None,
         samples_per_prompt: int = 4,
         seed: int = 0,
+        shard: bool = True,
     ):
         self.bench = StoriesBenchmark(data_dir, cache_dir, num_dimensions, **(benchmark or {}))
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
+        self.distributed = shard  # ParetoSweep: every rank calls `evaluate`
         self.last_evaluation = None
-
-    distributed = True  # every rank calls `evaluate`: rows sharded, results gathered
 
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
         policy = module.policy  # a PreferencePolicy: Panacea's, or a baseline's collection
@@ -185,6 +187,7 @@ class StoriesEvaluator:
                 per_sample=policy.per_sample_preference,
                 samples_per_prompt=self.samples_per_prompt,
                 seed=self.seed,
+                shard=self.distributed,
             )
         self.last_evaluation = ev
         optimum = self.bench.optimal_front(preferences)
