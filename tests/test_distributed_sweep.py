@@ -29,6 +29,7 @@ from panacea_pl.benchmarks.stories import (
     StoriesDataModule,
     StoriesEvaluator,
     StoriesPolicy,
+    evaluate_policy,
 )
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.layers import PanaceaConfig, inject_adapter
@@ -53,8 +54,11 @@ def _randomise(adapter) -> None:
             layer.panacea_V.copy_(torch.randn(layer.panacea_V.shape, generator=gen) * 0.1)
 
 
-def _sweep(rank: int, world: int, port: int, out: str) -> None:
-    """One rank: `evaluate_policy` on its shard; writes the gathered result and its time."""
+def _sweep(rank: int, world: int, port: int, out: str, odd: bool = False) -> None:
+    """One rank: `evaluate_policy` on its shard; writes the gathered result and its time.
+
+    `odd`: 3 prompts × 3 samples × 11 λ = 99 rows in chunks of 7, so rank 0 (49 rows, 7 chunks)
+    runs a padding chunk to match rank 1 (50 rows, 8 chunks)."""
     torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
     if world > 1:
         dist.init_process_group(
@@ -67,9 +71,22 @@ def _sweep(rank: int, world: int, port: int, out: str) -> None:
     if world > 1:
         dist.barrier()
     start = time.perf_counter()
-    ev = bench.evaluate(
-        model, adapter=adapter, samples_per_prompt=SAMPLES_PER_PROMPT, batch_size=BATCH
-    )
+    if odd:
+        ev = evaluate_policy(
+            model,
+            bench.load_tokenizer(),
+            bench.optimal_front(),
+            bench.prompts[:3],
+            bench.max_new_tokens,
+            adapter=adapter,
+            samples_per_prompt=3,
+            batch_size=7,
+            progress=False,
+        )
+    else:
+        ev = bench.evaluate(
+            model, adapter=adapter, samples_per_prompt=SAMPLES_PER_PROMPT, batch_size=BATCH
+        )
     seconds = time.perf_counter() - start
     record = {
         "seconds": seconds,
@@ -125,6 +142,19 @@ def test_two_processes_sweep_the_same_front_as_one(stories_env, tmp_path):
         f"\nsweep of {11 * 8 * SAMPLES_PER_PROMPT} + {8 * SAMPLES_PER_PROMPT} rows: 1 process "
         f"{one['seconds']:.2f} s, 2 processes {two:.2f} s, ratio {two / one['seconds']:.2f}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_rank_with_fewer_chunks_pads_and_the_front_is_the_same(stories_env, tmp_path):
+    _sweep(0, 1, 0, str(tmp_path), True)
+    mp.start_processes(
+        _sweep, args=(2, _free_port(), str(tmp_path), True), nprocs=2, start_method="fork"
+    )
+    one = torch.load(tmp_path / "1-0.pt", weights_only=False)
+    for rank in range(2):
+        _assert_same(one, torch.load(tmp_path / f"2-{rank}.pt", weights_only=False))
+    assert sum(len(texts) for texts in one["texts"]) == 99
 
 
 def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) -> None:
