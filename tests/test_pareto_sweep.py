@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -98,9 +99,13 @@ def test_plot_shapes(tmp_path):
             lower=np.zeros(m),
             upper=np.ones(m),
             optimum=grid**0.4,
+            base=np.full(m, 0.3),
         )
         path = plot_front(result, tmp_path / f"m{m}.png")
         assert path.stat().st_size > 5000
+        if m < 5:  # the base model's point is drawn (parallel coordinates have no point)
+            without = plot_front(replace(result, base=None), tmp_path / f"m{m}-nobase.png")
+            assert path.read_bytes() != without.read_bytes()
         assert result.metrics()["hypervolume"] > 0
 
 

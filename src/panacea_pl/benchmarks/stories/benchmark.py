@@ -339,7 +339,8 @@ class StoriesBenchmark:
             tokenizer: default `load_tokenizer()`.
             preferences: [G, m] grid (default `default_preferences()`).
             **kwargs: `adapter`, `set_preference`, `reference`, `per_sample`,
-                `samples_per_prompt`, `seed`, `reference_point`.
+                `samples_per_prompt`, `seed`, `reference_point`, `base`, and `batch_size`,
+                `num_threads`, `progress` (default: the benchmark's).
         """
         return evaluate_policy(
             model,
@@ -348,10 +349,9 @@ class StoriesBenchmark:
             self.prompts,
             self.max_new_tokens,
             scorers=self.scorers,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            progress=self.progress,
-            **kwargs,
+            **{"batch_size": self.batch_size, "num_threads": self.num_threads}
+            | {"progress": self.progress}
+            | kwargs,
         )
 
     def _write_pairs(self, path: Path) -> None:
