@@ -110,6 +110,7 @@ def test_second_run_reads_the_cache_and_does_no_tokenisation(
         other.prepare_data()
 
 
+@pytest.mark.slow
 def test_split_is_deterministic_by_seed_and_by_prompt(shared_data, tiny_tokenizer_dir, tmp_path):
     def val_prompts(seed, cache):
         dm = pku_module(shared_data, tiny_tokenizer_dir, cache, seed=seed, val_fraction=0.1)

@@ -75,6 +75,7 @@ def fit(module, rows, collate, tmp_path, steps, **trainer_kwargs):
     return trainer
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_path):
     rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(

@@ -52,6 +52,7 @@ def test_implicit_evaluator_matches_one_lambda_at_a_time(tiny_llama_dir):
     assert set(np.round(together.objectives[:, 1] * 3, 6)) <= {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_sweep_logs_files_metrics_and_wandb_offline(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -181,6 +181,7 @@ def test_evaluate_with_adapter(bench, base_model):
     assert moved.regret_within_error(z=3).all()
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_set_preference_function(bench, base_model):
     calls = []
     result = evaluate_policy(

@@ -102,6 +102,7 @@ def test_sweep_is_well_formed(name):
     } <= names, "the sweeps compare aggregation × β × rank × Dirichlet α"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_value_parses_with_the_cli(name, capsys, monkeypatch, shared_data):
     """The real `fit` parser reads the agent's command line; each value lands at its key."""
