@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo lint format bench lock clean
+.PHONY: help install test test-fast gpu-dry-run demo lint format bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP) ## run every test this machine can run (slow ones included)
 
 test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
+
+gpu-dry-run: $(STAMP) ## run bench/gpu/check.sh on CPU at tiny sizes and check every section (2-4 min)
+	PANACEA_GPU_DRY_RUN=1 $(BIN)/python -m pytest -q tests/test_gpu_check.py -k dry_run
 
 demo: $(STAMP) ## the main job: train Panacea on the stories benchmark and plot its Pareto front
 	$(BIN)/panacea-pl demo

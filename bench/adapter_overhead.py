@@ -1,8 +1,10 @@
 """Adapter overhead, side by side in one run: frozen base vs PEFT LoRA vs Panacea.
 
     make bench            # or: python bench/adapter_overhead.py [--steps 20 --repeats 3] [--seq 128]
+    python bench/adapter_overhead.py --device cuda --size 1b --seq 512 --json out.json
 
-Prints, for a ~20M-parameter Llama-style model on CPU (random weights; speed does not depend on
+Prints, for a ~20M-parameter Llama-style model on CPU (`--size small`, the default; `1b` is
+TinyLlama-1.1B's shape, `tiny` a smoke-test size; random weights: speed does not depend on
 them), the median training-step time of
   (a) the frozen base with activation gradients only (the floor any adapter pays),
   (b) PEFT LoRA of rank k + m on the same modules,
@@ -12,13 +14,20 @@ in several independent runs (the ratios' spread shows the machine's noise), then
 and their medians over the runs; the cost of switching λ as a fraction of one forward pass; and
 the speed-up of generating for an 11-point λ grid as one per-sample batch over 11 sequential
 calls, beside the speed-up that plain batching gives the base model.
+
+On CUDA the base weights are bf16 (`--dtype`), both adapters keep fp32 weights, and every
+contender runs under bf16 autocast: Lightning's `bf16-mixed`, as a user trains. `--json` also
+writes every number to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,41 +38,76 @@ from panacea_pl.preference import simplex_grid
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
+SIZES = {  # Llama shapes: (vocab, hidden, intermediate, layers, heads, kv heads)
+    "tiny": (512, 64, 172, 2, 4, 4),
+    "small": (2048, 512, 1376, 6, 8, 8),  # 21.1M parameters, the README's CPU numbers
+    "1b": (32000, 2048, 5632, 22, 32, 4),  # TinyLlama-1.1B's shape
+}
+
+
+def llama_config(size: str = "small") -> LlamaConfig:
+    vocab, hidden, inter, layers, heads, kv = SIZES[size]
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=2048,
     )
-    return LlamaForCausalLM(config)
+
+
+def build(
+    seed: int = 0, size: str = "small", device: str = "cpu", dtype: str = "float32"
+) -> LlamaForCausalLM:
+    """A Llama of `size` with random weights, built on `device` in `dtype`."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(llama_config(size))
+    return model.to(getattr(torch, dtype))
+
+
+def build_args(args) -> LlamaForCausalLM:
+    return build(size=args.size, device=args.device, dtype=args.dtype)
+
+
+def precision(args):
+    """bf16 autocast for a bf16 base (fp32 adapters), else nothing."""
+    if args.dtype == "bfloat16":
+        return torch.autocast(args.device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(args) -> None:
+    if args.device == "cuda":
+        torch.cuda.synchronize()
 
 
 def build_panacea(args) -> tuple[LlamaForCausalLM, PanaceaAdapter]:
     """The same model with the Panacea adapter (k = args.rank, m = 2) on TARGETS."""
-    model = build()
+    model = build_args(args)
     config = PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
     return model, inject_adapter(model, config)
 
 
-def step_timer(model, batch, params, *, embed_grad: bool):
+def step_timer(model, batch, params, args, *, embed_grad: bool):
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True) if params else None
 
     def step() -> float:
+        sync(args)
         start = time.perf_counter()
-        if embed_grad:  # frozen base: make activations require grad so backward runs the graph
-            embeds = model.get_input_embeddings()(batch).detach().requires_grad_(True)
-            loss = model(inputs_embeds=embeds, labels=batch).loss
-        else:
-            loss = model(input_ids=batch, labels=batch).loss
+        with precision(args):
+            if embed_grad:  # frozen base: activations require grad so backward runs the graph
+                embeds = model.get_input_embeddings()(batch).detach().requires_grad_(True)
+                loss = model(inputs_embeds=embeds, labels=batch).loss
+            else:
+                loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
+        sync(args)
         return time.perf_counter() - start
 
     return step
@@ -83,14 +127,15 @@ def median_interleaved(steps: dict, rounds: int) -> dict[str, float]:
 def training_overhead(args) -> dict[str, float]:
     from peft import LoraConfig, get_peft_model
 
+    vocab = SIZES[args.size][0]
     batch = torch.randint(
-        0, 2048, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
-    )
-    base = build()
+        0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
+    ).to(args.device)
+    base = build_args(args)
     for p in base.parameters():
         p.requires_grad_(False)
     lora = get_peft_model(
-        build(),
+        build_args(args),
         LoraConfig(
             r=args.rank + 2, lora_alpha=args.rank + 2, target_modules=TARGETS, lora_dropout=0.0
         ),
@@ -99,19 +144,23 @@ def training_overhead(args) -> dict[str, float]:
     adapter.set_preference([0.3, 0.7])
     per_sample, per_sample_adapter = build_panacea(args)
     per_sample_adapter.set_preference(
-        torch.distributions.Dirichlet(torch.ones(2)).sample((args.batch,))
+        torch.distributions.Dirichlet(torch.ones(2)).sample((args.batch,)).to(args.device)
     )
     for m in (base, lora, ours, per_sample):
         m.train()
     return median_interleaved(
         {
-            "a_frozen_base": step_timer(base, batch, [], embed_grad=True),
+            "a_frozen_base": step_timer(base, batch, [], args, embed_grad=True),
             "b_peft_lora": step_timer(
-                lora, batch, [p for p in lora.parameters() if p.requires_grad], embed_grad=False
+                lora,
+                batch,
+                [p for p in lora.parameters() if p.requires_grad],
+                args,
+                embed_grad=False,
             ),
-            "c_panacea": step_timer(ours, batch, adapter.parameters(), embed_grad=False),
+            "c_panacea": step_timer(ours, batch, adapter.parameters(), args, embed_grad=False),
             "c_per_sample": step_timer(
-                per_sample, batch, per_sample_adapter.parameters(), embed_grad=False
+                per_sample, batch, per_sample_adapter.parameters(), args, embed_grad=False
             ),
         },
         args.steps,
@@ -122,14 +171,21 @@ def switch_cost(args) -> float:
     model, adapter = build_panacea(args)
     model.eval()
     adapter.set_preference([0.5, 0.5])
-    batch = torch.randint(0, 2048, (args.batch, args.seq))
+    batch = torch.randint(0, SIZES[args.size][0], (args.batch, args.seq)).to(args.device)
+
+    def forward_pass() -> None:
+        with precision(args):
+            model(input_ids=batch)
+        sync(args)
+
     with torch.no_grad():
-        model(input_ids=batch)
-        forward = statistics.median(_timed(lambda: model(input_ids=batch)) for _ in range(5))
+        forward_pass()
+        forward = statistics.median(_timed(forward_pass) for _ in range(5))
     lams = simplex_grid(2, 100)
     start = time.perf_counter()
     for lam in lams:
         adapter.set_preference(lam)
+    sync(args)
     switch = (time.perf_counter() - start) / len(lams)
     return switch / forward
 
@@ -143,14 +199,16 @@ def _timed(fn) -> float:
 def generation_speedups(args) -> tuple[float, float]:
     """(speed-up of batching for the base model, speed-up of one per-sample-λ batch for ours)."""
     grid = simplex_grid(2, 10)  # 11 points
-    prompt = torch.randint(3, 2048, (1, 16), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(
+        3, SIZES[args.size][0], (1, 16), generator=torch.Generator().manual_seed(1)
+    ).to(args.device)
     kwargs = {
         "max_new_tokens": args.new_tokens,
         "min_new_tokens": args.new_tokens,
         "do_sample": False,
         "pad_token_id": 0,
     }
-    base = build().eval()
+    base = build_args(args).eval()
     ours, adapter = build_panacea(args)
     ours.eval()
     batch = prompt.repeat(len(grid), 1)
@@ -158,20 +216,24 @@ def generation_speedups(args) -> tuple[float, float]:
     def base_sequential():
         for _ in grid:
             base.generate(prompt, **kwargs)
+        sync(args)
 
     def base_batched():
         base.generate(batch, **kwargs)
+        sync(args)
 
     def ours_sequential():
         for lam in grid:
             adapter.set_preference(lam)
             ours.generate(prompt, **kwargs)
+        sync(args)
 
     def ours_batched():
         adapter.set_preference(grid)
         ours.generate(batch, **kwargs)
+        sync(args)
 
-    with torch.no_grad():
+    with torch.no_grad(), precision(args):
         t = median_interleaved(
             {
                 "base_seq": lambda: _timed(base_sequential),
@@ -184,7 +246,7 @@ def generation_speedups(args) -> tuple[float, float]:
     return t["base_seq"] / t["base_batch"], t["ours_seq"] / t["ours_batch"]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
     parser.add_argument("--batch", type=int, default=8)
@@ -195,13 +257,38 @@ def main() -> None:
     parser.add_argument("--gen-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-generation", action="store_true", help="training and switch only")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    n_params = sum(p.numel() for p in build().parameters())
-    print(
-        f"model: Llama-style, {n_params / 1e6:.1f}M parameters, batch {args.batch}x{args.seq}, "
-        f"rank {args.rank}+2, {args.threads} threads, torch {torch.__version__}"
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="base weights (default: float32 on CPU, bfloat16 on CUDA)",
     )
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n_params = sum(p.numel() for p in build(size=args.size, device="meta").parameters())
+    print(
+        f"model: Llama-style ({args.size}), {n_params / 1e6:.1f}M parameters, batch "
+        f"{args.batch}x{args.seq}, rank {args.rank}+2, {args.device} {args.dtype}, "
+        f"{args.threads} threads, torch {torch.__version__}"
+    )
+    result: dict = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "parameters": n_params,
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+    }
 
     runs = [training_overhead(args) for _ in range(args.repeats)]
     print(
@@ -222,19 +309,26 @@ def main() -> None:
         f"  median of runs: b/a = {b_a:.3f}   c/a = {c_a:.3f} (target <= 1.10)   "
         f"c/b = {c_b:.3f} (target <= 1.00)   c'/a = {c1_a:.3f}"
     )
+    result.update(runs=runs, b_a=b_a, c_a=c_a, c_b=c_b, c1_a=c1_a)
+    result["targets_met"] = {"c_a<=1.10": c_a <= 1.10, "c_b<=1.00": c_b <= 1.00}
 
     frac = switch_cost(args)
     print(f"\nswitching λ: {100 * frac:.4f}% of one forward pass (target < 1%)")
+    result["switch_fraction_of_forward"] = frac
 
-    if args.skip_generation:
-        return
-    base_speedup, ours_speedup = generation_speedups(args)
-    print(f"\ngeneration for an 11-point λ grid, {args.new_tokens} new tokens")
-    print(f"  base model: one batch of 11 vs 11 calls  speed-up {base_speedup:.2f}x")
-    print(
-        f"  Panacea: one per-sample-λ batch vs 11 calls  speed-up {ours_speedup:.2f}x "
-        f"({100 * ours_speedup / base_speedup:.0f}% of the base's; target >= 90%)"
-    )
+    if not args.skip_generation:
+        base_speedup, ours_speedup = generation_speedups(args)
+        print(f"\ngeneration for an 11-point λ grid, {args.new_tokens} new tokens")
+        print(f"  base model: one batch of 11 vs 11 calls  speed-up {base_speedup:.2f}x")
+        print(
+            f"  Panacea: one per-sample-λ batch vs 11 calls  speed-up {ours_speedup:.2f}x "
+            f"({100 * ours_speedup / base_speedup:.0f}% of the base's; target >= 90%)"
+        )
+        result["generation_speedup"] = {"base": base_speedup, "panacea": ours_speedup}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     .venv/bin/python bench/dpo_step.py                  # CPU, fp32 (~2-3 min, 2 cores)
     .venv/bin/python bench/dpo_step.py --device cuda    # GPU, bf16 weights (--dtype to change)
     .venv/bin/python bench/dpo_step.py --pairs 8 --prompt-len 64 --response-len 64 --rounds 8
+    .venv/bin/python bench/dpo_step.py --device cuda --size 1b --json out.json   # a 1.1B Llama
 
 Needs the `[bench]` extra (trl, peft). Both contenders load the SAME folder with `from_pretrained`:
 a ~20M-parameter Llama-style model (`adapter_overhead.build`, random weights; speed does not depend
@@ -39,7 +40,13 @@ Method:
           glibc told to return large blocks to the OS (`MALLOC_MMAP_THRESHOLD_`) so that freed
           activations do not hide in the heap; CUDA: `torch.cuda.max_memory_allocated()` minus
           `memory_allocated()` before the step. Memory held between steps (weights, optimiser
-          state) is printed beside it but is not the target.
+          state) is printed beside it; the absolute peak (held + the step's growth) is the
+          memory target.
+  speed   tokens per second (the batch's real tokens over the median step time) and model
+          FLOPs utilisation: `step_flops` (3 forward passes; see its docstring) per second over
+          `--peak-tflops`, the device's dense bf16 peak (989.4 TFLOP/s, the H200/H100 SXM
+          spec sheet's figure, on CUDA; none on CPU).
+  code    the contenders are in `dpo_contenders.py`, the memory workers in `dpo_memory.py`.
 
 Ratios are ours / TRL; the target is <= 1.0 on both, although ours trains two objectives.
 """
@@ -47,13 +54,11 @@ Ratios are ours / TRL; the target is <= 1.0 on both, although ours trains two ob
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
 import statistics
-import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 for _key, _value in {
@@ -66,306 +71,26 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-import multiprocessing as mp  # noqa: E402
 import warnings  # noqa: E402
 
 import torch  # noqa: E402
-from adapter_overhead import TARGETS, build  # noqa: E402  (bench/ is on sys.path as the script dir)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tiny  # noqa: E402
+from adapter_overhead import SIZES, build, llama_config  # noqa: E402  (bench/ on sys.path)
+from dpo_contenders import (  # noqa: E402
+    CONTENDERS,
+    NUM_DIMENSIONS,
+    _sync,
+    build_model_dir,
+    check_same_batch,
+    make_contender,
+    make_pairs,
+    token_counts,
+)
+from dpo_memory import measure_memory  # noqa: E402
 
 # transformers 5 renames `gradient_checkpointing`; TRL and PEFT still read the old names.
 warnings.filterwarnings(
     "ignore", message=".*is deprecated and will be removed in v6", category=FutureWarning
 )
-
-NUM_DIMENSIONS = 2
-CONTENDERS = ("ours", "trl")
-
-
-# ---- model folder and pairs ---------------------------------------------------------------------
-
-
-def build_model_dir(path: Path) -> Path:
-    """Save `adapter_overhead.build()` and the locally trained tiny tokenizer into `path`."""
-    tiny.build_tokenizer(path)
-    build().save_pretrained(path)
-    return path
-
-
-def _single_token_words(tokenizer) -> list[str]:
-    vocab = [t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and t[1:].isalpha()]
-    return sorted(w for w in vocab if len(tokenizer(" " + w)["input_ids"]) == 1)
-
-
-def make_pairs(tokenizer, args) -> list[dict]:
-    """Text pairs whose prompts tokenise to exactly `prompt_len` tokens and whose responses, with
-    the EOS that TRL appends, to exactly `response_len` tokens; plus our 2-dimension labels."""
-    words = _single_token_words(tokenizer)
-    rng = random.Random(0)
-
-    def text(n: int) -> str:
-        return "".join(" " + rng.choice(words) for _ in range(n))
-
-    return [
-        {
-            "prompt": text(args.prompt_len),
-            "chosen": text(args.response_len - 1),
-            "rejected": text(args.response_len - 1),
-            "labels": [rng.choice([1, -1]) for _ in range(NUM_DIMENSIONS)],
-        }
-        for _ in range(args.pairs)
-    ]
-
-
-# ---- contenders ---------------------------------------------------------------------------------
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def make_trl(model_dir: Path, pairs: list[dict], args, workdir: Path):
-    """TRL's DPOTrainer with a PEFT LoRA of rank k + 2.
-
-    Returns (step, batch, trained parameters, the pairs as TRL tokenised them)."""
-    from datasets import Dataset, disable_progress_bars
-    from peft import LoraConfig
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    disable_progress_bars()
-    cuda = args.device == "cuda"
-    bf16 = args.dtype == "bfloat16"
-    config = DPOConfig(
-        output_dir=str(workdir / "trl"),
-        per_device_train_batch_size=args.pairs,
-        learning_rate=args.lr,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        lr_scheduler_type="constant",
-        beta=args.beta,
-        loss_type="sigmoid",
-        max_length=args.prompt_len + args.response_len,  # no truncation: the pairs are this long
-        activation_checkpointing=False,  # `gradient_checkpointing`, default True in TRL
-        disable_dropout=True,
-        precompute_ref_log_probs=False,
-        bf16=bf16,  # TRL's mixed precision (autocast) on top of bf16 weights, as a user runs it
-        use_cpu=not cuda,
-        model_init_kwargs={"dtype": args.dtype},
-        report_to="none",
-        logging_strategy="no",
-        save_strategy="no",
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    dataset = Dataset.from_list(
-        [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
-    )
-    trainer = DPOTrainer(
-        model=str(model_dir),
-        args=config,
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-        peft_config=LoraConfig(
-            r=args.rank + NUM_DIMENSIONS,
-            lora_alpha=args.rank + NUM_DIMENSIONS,
-            lora_dropout=0.0,
-            target_modules=TARGETS,
-            task_type="CAUSAL_LM",
-        ),
-    )
-    if trainer.args.gradient_checkpointing or trainer.ref_model is not None:
-        raise RuntimeError("TRL side: expected no checkpointing and the reference = adapter off")
-    trainer.create_optimizer()
-    # Set by Trainer's own loop, which this bypasses: one step, no gradient accumulation.
-    trainer.current_gradient_accumulation_steps = 1
-    model = trainer.model
-    batch = next(iter(trainer.get_train_dataloader()))
-
-    def step() -> None:
-        trainer.training_step(model, batch)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    tokenised = [
-        {k: list(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-        for row in trainer.train_dataset
-    ]
-    lengths = {
-        (len(t["prompt_ids"]), len(t["chosen_ids"]), len(t["rejected_ids"])) for t in tokenised
-    }
-    if lengths != {(args.prompt_len, args.response_len, args.response_len)}:
-        raise AssertionError(f"TRL tokenised the pairs to (prompt, chosen, rejected) = {lengths}")
-    return step, batch, params, tokenised
-
-
-def make_ours(model_dir: Path, tokenised, pairs: list[dict], args):
-    """PanaceaDPO with 2 dimensions on TRL's tokenised pairs; returns (step, batch, params)."""
-    from panacea_pl.data.collate import PreferenceCollator
-    from panacea_pl.layers import PanaceaConfig
-    from panacea_pl.models import PanaceaPolicy
-    from panacea_pl.modules import PanaceaDPO
-    from panacea_pl.objectives import MultiObjectiveDPOLoss
-
-    torch.manual_seed(0)
-    policy = PanaceaPolicy(
-        str(model_dir),
-        adapter=PanaceaConfig(
-            rank=args.rank, num_preferences=NUM_DIMENSIONS, target_modules=TARGETS
-        ),
-        dtype=args.dtype,
-        gradient_checkpointing=False,
-        disable_dropout=True,
-    )
-    module = PanaceaDPO(policy, loss=MultiObjectiveDPOLoss(beta=args.beta)).to(args.device)
-    module.train()
-    pad_id = policy.tokenizer().pad_token_id
-    rows = [
-        {
-            "prompt_ids": t["prompt_ids"],
-            "response_a_ids": t["chosen_ids"],
-            "response_b_ids": t["rejected_ids"],
-            "labels": p["labels"],
-            "is_safe_a": -1,
-            "is_safe_b": -1,
-        }
-        for t, p in zip(tokenised, pairs, strict=True)
-    ]
-    batch = {k: v.to(args.device) for k, v in PreferenceCollator(pad_token_id=pad_id)(rows).items()}
-    params = module.policy.adapter.parameters()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    size = module.batch_size_of(batch)
-
-    def step() -> None:
-        preference = module.sample_preference(size)
-        losses = module.dimension_losses(batch, preference)
-        loss = module.aggregate(losses, preference)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, batch, params
-
-
-def make_contender(name: str, model_dir: Path, pairs: list[dict], tokenised, args, workdir: Path):
-    """Build one contender: (step, batch, trained parameters, TRL's tokenised pairs)."""
-    if name == "trl":
-        return make_trl(model_dir, pairs, args, workdir)
-    return (*make_ours(model_dir, tokenised, pairs, args), tokenised)
-
-
-# ---- batch check --------------------------------------------------------------------------------
-
-
-def token_counts(batch: dict, response_key: str) -> dict[str, int]:
-    return {
-        "sequences": batch["input_ids"].shape[0],
-        "width": batch["input_ids"].shape[1],
-        "positions": batch["input_ids"].numel(),
-        "tokens": int(batch["attention_mask"].sum()),
-        "response tokens": int(batch[response_key].sum()),
-    }
-
-
-def check_same_batch(ours: dict, trl: dict) -> None:
-    """Both batches hold the same token rows (TRL's sampler may order the pairs differently)."""
-
-    def rows(batch):
-        ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
-        return sorted(tuple(r[m].tolist()) for r, m in zip(ids, mask, strict=True))
-
-    if rows(ours) != rows(trl):
-        raise AssertionError("ours and TRL's batches hold different token sequences")
-    ours_resp = int(ours["response_mask"].sum())
-    trl_resp = int(trl["completion_mask"].sum())
-    if ours_resp != trl_resp:
-        raise AssertionError(f"response tokens differ: ours {ours_resp}, TRL {trl_resp}")
-
-
-# ---- memory: one fresh process per contender ----------------------------------------------------
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-def _memory_worker(name: str, model_dir: str, pairs, tokenised, args) -> dict:
-    import gc
-
-    torch.set_num_threads(args.threads)
-    workdir = Path(tempfile.mkdtemp(prefix=f"dpo_step_{name}_"))
-    step = make_contender(name, Path(model_dir), pairs, tokenised, args, workdir)[0]
-    gc.collect()
-    for _ in range(max(args.warmup, 1)):  # optimiser state and lazy initialisation happen here
-        step()
-    _sync(args.device)
-    growths, held = [], []
-    for _ in range(args.memory_steps):
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            growths.append(torch.cuda.max_memory_allocated() - before)
-            held.append(before)
-            method = "torch.cuda.max_memory_allocated"
-        else:
-            exact = _reset_peak_rss()
-            before = _rss_kib("VmRSS")
-            if not exact:  # fall back to the lifetime peak: a lower bound on the step's growth
-                import resource
-
-                before = max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-            step()
-            peak = _rss_kib("VmHWM")
-            growths.append((peak - before) * 1024)
-            held.append(before * 1024)
-            method = "VmHWM - VmRSS" if exact else "ru_maxrss (lower bound)"
-    return {
-        "step_peak": statistics.median(growths),
-        "held": statistics.median(held),
-        "method": method,
-    }
-
-
-def measure_memory(model_dir: Path, pairs, tokenised, args) -> dict[str, dict]:
-    """Each contender in its own fresh 'spawn' process; the two run at the same time (each
-    process's peak is its own, so they do not disturb each other's numbers)."""
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # the child's glibc reads it at start
-    try:
-        with ProcessPoolExecutor(
-            len(CONTENDERS), mp_context=mp.get_context("spawn"), max_tasks_per_child=1
-        ) as pool:
-            futures = {
-                name: pool.submit(_memory_worker, name, str(model_dir), pairs, tokenised, args)
-                for name in CONTENDERS
-            }
-            return {name: f.result() for name, f in futures.items()}
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
 
 
 # ---- time: interleaved in this process ----------------------------------------------------------
@@ -390,59 +115,74 @@ def measure_time(contenders: dict, args) -> dict[str, float]:
 # ---- main ---------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def step_flops(size: str, batch: dict) -> float:
+    """Model FLOPs of one step: 3 forward passes over the batch (policy forward, its backward
+    to the activations only, as the base is frozen, and the reference forward). One forward is
+    2·N per position (N: the weights of every matrix product, LM head included, embeddings
+    not) plus 4·L·s·d per position for QKᵀ and PV over the full s × s square. The adapter's
+    rank-r products (< 1 %) are not counted; both contenders get the same count."""
+    config = llama_config(size)
+    model = build(size=size, device="meta")
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    rows, s = batch["input_ids"].shape
+    attention = 4 * config.num_hidden_layers * s * config.hidden_size
+    return 3.0 * rows * s * (2 * n + attention)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--device", choices=["cpu", "cuda"], default="cpu")
+    add(
         "--dtype",
         choices=["float32", "bfloat16"],
         default=None,
         help="base weights (default: float32 on CPU, bfloat16 on CUDA); adapters stay float32",
     )
-    parser.add_argument("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
-    parser.add_argument("--pairs", type=int, default=8, help="preference pairs per batch")
-    parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--response-len", type=int, default=64, help="tokens incl. EOS")
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender")
-    parser.add_argument("--rounds", type=int, default=6, help="timed steps per contender")
-    parser.add_argument("--memory-steps", type=int, default=1, help="measured steps per process")
-    parser.add_argument(
+    add("--size", choices=sorted(SIZES), default="small", help="model shape (adapter_overhead)")
+    add("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
+    add("--pairs", type=int, default=8, help="preference pairs per batch")
+    add("--prompt-len", type=int, default=64)
+    add("--response-len", type=int, default=64, help="tokens incl. EOS")
+    add("--beta", type=float, default=0.1)
+    add("--lr", type=float, default=1e-4)
+    add("--warmup", type=int, default=1, help="untimed steps per contender")
+    add("--rounds", type=int, default=6, help="timed steps per contender")
+    add("--memory-steps", type=int, default=1, help="measured steps per process")
+    add(
         "--threads",
         type=int,
         default=None,
         help="torch intra-op threads (default: 1 on CPU, see the docstring; torch's on CUDA)",
     )
-    args = parser.parse_args()
+    add(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak for MFU (default: 989.4 on CUDA = H200/H100 SXM)",
+    )
+    add("--json", type=Path, default=None, help="also write every number to this file")
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     if args.dtype is None:
         args.dtype = "float32" if args.device == "cpu" else "bfloat16"
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    if args.peak_tflops is None and args.device == "cuda":
+        args.peak_tflops = 989.4
+    return args
 
+
+def run(args) -> dict:
+    """Build both contenders on one model folder and batch; time them and their memory."""
     import peft
     import transformers
     import trl
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="dpo_step_") as tmp:
-        model_dir = build_model_dir(Path(tmp) / "model")
-        n_params = sum(p.numel() for p in build().parameters())
-        print(
-            f"model: Llama-style, {n_params / 1e6:.1f}M parameters, {args.pairs} pairs x "
-            f"({args.prompt_len} prompt + {args.response_len} response) tokens, rank "
-            f"{args.rank}+{NUM_DIMENSIONS} vs LoRA r={args.rank + NUM_DIMENSIONS}, "
-            f"{args.device} {args.dtype}, "
-            f"{args.threads} threads"
-        )
-        print(
-            f"torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"trl {trl.__version__}, peft {peft.__version__}"
-        )
-
+        model_dir = build_model_dir(Path(tmp) / "model", args.size, args.dtype)
         pairs = make_pairs(AutoTokenizer.from_pretrained(model_dir), args)
         trl_side = make_contender("trl", model_dir, pairs, None, args, Path(tmp))
         tokenised = trl_side[3]
@@ -458,41 +198,94 @@ def main() -> None:
         }
         n_trained = {name: sum(p.numel() for p in c[2]) for name, c in contenders.items()}
         seconds = measure_time(contenders, args)
+        flops = step_flops(args.size, ours_batch)
+        del contenders, trl_side
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
         # Memory: one fresh process per contender (this one waits meanwhile).
-        memory = measure_memory(model_dir, pairs, tokenised, args)
+        memory = measure_memory(CONTENDERS, model_dir, pairs, tokenised, args)
+    versions = {m.__name__: m.__version__ for m in (torch, transformers, trl, peft)}
+    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    result.update(versions=versions, tokens=counts, trained_parameters=n_trained)
+    result["model_flops_per_step"] = flops
+    for name in CONTENDERS:
+        side = result[name] = {"seconds": seconds[name], **memory[name]}
+        side["tokens_per_s"] = counts[name]["tokens"] / seconds[name]
+        side["tflops"] = flops / seconds[name] / 1e12
+        side["mfu"] = side["tflops"] / args.peak_tflops if args.peak_tflops else None
+    result["time_ratio"] = seconds["ours"] / seconds["trl"]
+    result["step_memory_ratio"] = memory["ours"]["step_peak"] / memory["trl"]["step_peak"]
+    result["peak_memory_ratio"] = memory["ours"]["peak"] / memory["trl"]["peak"]
+    result["targets_met"] = {
+        "tokens_per_s>=trl": result["ours"]["tokens_per_s"] >= result["trl"]["tokens_per_s"],
+        "peak_memory<=trl": memory["ours"]["peak"] <= memory["trl"]["peak"],
+    }
+    return result
 
+
+def report(r: dict, args) -> None:
+    print(
+        f"model: Llama-style ({args.size}), {args.pairs} pairs x ({args.prompt_len} prompt + "
+        f"{args.response_len} response) tokens, rank {args.rank}+{NUM_DIMENSIONS} vs LoRA "
+        f"r={args.rank + NUM_DIMENSIONS}, {args.device} {args.dtype}, {args.threads} threads"
+    )
+    print(", ".join(f"{k} {v}" for k, v in r["versions"].items()))
     print("\ntokens per step (each side runs a policy and a reference forward over them)")
     print(f"  {'':28s}{'ours':>10s}{'TRL':>10s}")
-    for key in counts["ours"]:
-        print(f"  {key:28s}{counts['ours'][key]:>10d}{counts['trl'][key]:>10d}")
-    print(f"  {'trained parameters':28s}{n_trained['ours']:>10d}{n_trained['trl']:>10d}")
+    for key in r["tokens"]["ours"]:
+        print(f"  {key:28s}{r['tokens']['ours'][key]:>10d}{r['tokens']['trl'][key]:>10d}")
+    trained = r["trained_parameters"]
+    print(f"  {'trained parameters':28s}{trained['ours']:>10d}{trained['trl']:>10d}")
     print("  same token rows on both sides: yes")
-
     mib = 1024**2
-    t_ratio = seconds["ours"] / seconds["trl"]
-    m_ratio = memory["ours"]["step_peak"] / memory["trl"]["step_peak"]
+    ours, trl = r["ours"], r["trl"]
     print(
         f"\none DPO training step: ours = Panacea, {NUM_DIMENSIONS} objectives; "
         "TRL = DPOTrainer + PEFT LoRA, 1 objective"
     )
     print(f"  {'':34s}{'ours':>10s}{'TRL':>10s}{'ours/TRL':>10s}")
-    print(
-        f"  {'time, median (s)':34s}{seconds['ours']:>10.3f}{seconds['trl']:>10.3f}"
-        f"{t_ratio:>10.3f}   target <= 1.00"
-    )
-    print(
-        f"  {'peak memory of a step (MiB)':34s}{memory['ours']['step_peak'] / mib:>10.1f}"
-        f"{memory['trl']['step_peak'] / mib:>10.1f}{m_ratio:>10.3f}   target <= 1.00"
-    )
-    print(
-        f"  {'memory held between steps (MiB)':34s}{memory['ours']['held'] / mib:>10.1f}"
-        f"{memory['trl']['held'] / mib:>10.1f}"
-        f"{memory['ours']['held'] / memory['trl']['held']:>10.3f}   (info)"
-    )
+    rows = [
+        ("time, median (s)", ours["seconds"], trl["seconds"], ".3f", "target <= 1.00"),
+        ("tokens per second", ours["tokens_per_s"], trl["tokens_per_s"], ".0f", "target >= 1.00"),
+        (
+            "peak memory of a step (MiB)",
+            ours["step_peak"] / mib,
+            trl["step_peak"] / mib,
+            ".1f",
+            "target <= 1.00",
+        ),
+        (
+            "peak memory, absolute (MiB)",
+            ours["peak"] / mib,
+            trl["peak"] / mib,
+            ".1f",
+            "target <= 1.00",
+        ),
+        ("memory held between steps (MiB)", ours["held"] / mib, trl["held"] / mib, ".1f", "(info)"),
+        ("model TFLOP/s", ours["tflops"], trl["tflops"], ".2f", "(info)"),
+    ]
+    for label, a, b, fmt, note in rows:
+        print(f"  {label:34s}{a:>10{fmt}}{b:>10{fmt}}{a / b:>10.3f}   {note}")
+    if args.peak_tflops:
+        print(
+            f"  MFU against {args.peak_tflops:g} TFLOP/s: ours {100 * ours['mfu']:.1f} %, "
+            f"TRL {100 * trl['mfu']:.1f} %"
+        )
     print(
         f"  time: {args.rounds} interleaved rounds after {args.warmup} warm-up steps; memory: "
-        f"{memory['ours']['method']}, median of {args.memory_steps} steps, one process each"
+        f"{ours['method']}, median of {args.memory_steps} steps, one process each"
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    report(result, args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

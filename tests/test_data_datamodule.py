@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-import panacea_pl.data.datamodule as dm_module
+import panacea_pl.data.datamodules as dm_module
 from panacea_pl.data import (
     DimensionSpec,
     PerDimensionBatchSampler,
@@ -110,6 +110,7 @@ def test_second_run_reads_the_cache_and_does_no_tokenisation(
         other.prepare_data()
 
 
+@pytest.mark.slow
 def test_split_is_deterministic_by_seed_and_by_prompt(shared_data, tiny_tokenizer_dir, tmp_path):
     def val_prompts(seed, cache):
         dm = pku_module(shared_data, tiny_tokenizer_dir, cache, seed=seed, val_fraction=0.1)

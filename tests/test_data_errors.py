@@ -19,6 +19,7 @@ from panacea_pl.data import (
     pair_records,
 )
 from panacea_pl.data.records import sft_records
+from panacea_pl.data.schemas import PKUSafeRLHF, get_schema
 from panacea_pl.data.sources import load_source
 
 PKU_32 = "pku-saferlhf-align-anything-32/train.json"
@@ -223,7 +224,12 @@ def test_json_array_of_non_objects(tmp_path, hf_cache):
 def test_configuration_errors():
     pku = SourceSpec(name="pku", schema="pku_saferlhf", path="x.jsonl")
     with pytest.raises(ConfigError, match="unknown schema 'pkuu'"):
-        bind_dimensions([SourceSpec(name="a", schema="pkuu", path="x")], [])
+        get_schema("pkuu")
+    with pytest.raises(ConfigError, match="schema 'no_such.Module' cannot be imported"):
+        get_schema("no_such.Module")
+    with pytest.raises(ConfigError, match="schema 'panacea_pl.data.SourceSpec' is a type, not"):
+        get_schema("panacea_pl.data.SourceSpec")
+    assert isinstance(get_schema("panacea_pl.data.schemas.PKUSafeRLHF"), PKUSafeRLHF)
     with pytest.raises(ConfigError, match="source 'nope' is not one of the configured sources"):
         bind_dimensions([pku], [DimensionSpec(name="h", source="nope", field="f")])
     with pytest.raises(ConfigError, match="dimension name 'h' is configured twice"):

@@ -421,3 +421,29 @@ def test_prompt_records_from_several_schemas(shared_data, hf_cache):
     table, _ = prompt_records(spec, cache_dir=hf_cache)
     expected = {split_transcripts(r["chosen"], r["rejected"])[0] for r in read_rows(path)}
     assert set(table["prompt"]) == expected
+
+
+def test_helpsteer_missing_ratings_counted_per_dimension(shared_data, hf_cache, tmp_path, caplog):
+    """Rows without a rating stay (unrated) and are counted per dimension in the summary."""
+    raw = read_rows(shared_data / HELPSTEER)
+    for i in (3, 10, 300):
+        raw[i]["helpfulness"] = None
+    raw[7]["verbosity"] = "N/A"
+    path = tmp_path / "helpsteer.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in raw))
+    spec = SourceSpec(name="hs", schema="helpsteer", path=str(path))
+    dims = [
+        DimensionSpec(name="helpful", source="hs", field="helpfulness"),
+        DimensionSpec(name="concise", source="hs", field="verbosity", direction="lower"),
+    ]
+    with caplog.at_level("INFO", logger="panacea_pl.data"):
+        _, report = pairs([spec], dims, hf_cache)
+    assert report.unrated == {"helpful": 3, "concise": 1}
+    assert "dimension 'helpful': 3 responses have no rating (null or N/A)" in caplog.text
+    assert "dimension 'concise': 1 responses have no rating" in caplog.text
+    _, clean = pairs(
+        [SourceSpec(name="hs", schema="helpsteer", path=str(shared_data / HELPSTEER))],
+        dims,
+        hf_cache,
+    )
+    assert clean.unrated == {}

@@ -150,3 +150,84 @@ def test_missing_local_file_and_unknown_ending(tmp_path, hf_cache):
     spec, _ = pku(str(odd))
     with pytest.raises(DataError, match="unsupported file type"):
         load_source(spec, hf_cache)
+
+
+PKU_500 = "pku-saferlhf-sample-500/PKU-Alignment_PKU-SafeRLHF_sample.jsonl"
+
+
+def with_bad_byte(shared_data, tmp_path, row: int = 300, gz: bool = False) -> Path:
+    """The real 1.4 MB PKU sample with one 0xff byte inside row `row`'s prompt."""
+    lines = (shared_data / PKU_500).read_bytes().split(b"\n")
+    start = lines[row].index(b'"prompt": "') + 11
+    lines[row] = lines[row][:start] + b"\xff" + lines[row][start:]
+    data = b"\n".join(lines)
+    path = tmp_path / ("bad.jsonl.gz" if gz else "bad.jsonl")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def pku_dims(spec):
+    dims = [DimensionSpec(name="helpful", source=spec.name, field="better_response_id")]
+    return bind_dimensions([spec], dims)[spec.name]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_non_utf8_row_named_with_file_row_and_offset(shared_data, tmp_path, hf_cache, gz):
+    path = with_bad_byte(shared_data, tmp_path, gz=gz)
+    spec = SourceSpec(name="pku", schema="pku_saferlhf", path=str(path))
+    with pytest.raises(
+        DataError,
+        match=r"file '.*bad\.jsonl(\.gz)?', row 300 \(line 301\), byte offset \d+: byte 0xff is "
+        r"not UTF-8; expected UTF-8 text.*on_bad_row: skip",
+    ):
+        pair_records(spec, pku_dims(spec), 1, "error", hf_cache)
+
+
+def test_non_utf8_row_skipped_and_counted(shared_data, tmp_path, hf_cache):
+    spec = SourceSpec(
+        name="pku", schema="pku_saferlhf", path=str(with_bad_byte(shared_data, tmp_path))
+    )
+    table, report = pair_records(spec, pku_dims(spec), 1, "skip", hf_cache)
+    assert report.skipped == {"not UTF-8 text (whole row)": 1}
+    assert len(table) == 499
+    clean = json.loads((shared_data / PKU_500).read_text().splitlines()[301])
+    assert table[300]["prompt"] == clean["prompt"]  # rows after the bad one are all there
+    assert any("not UTF-8" in line for line in report.lines())
+
+
+def test_rows_keep_their_file_numbers_after_a_drop():
+    from panacea_pl.data.errors import Where
+
+    where = Where(description="file 'x'", removed={"file 'x'": [2, 5]})
+    assert [where.row(i) for i in (0, 1, 2, 3, 4)] == [
+        "file 'x', row 0",
+        "file 'x', row 1",
+        "file 'x', row 3",
+        "file 'x', row 4",
+        "file 'x', row 6",
+    ]
+
+
+def test_non_utf8_json_array_cannot_be_skipped(shared_data, tmp_path, hf_cache):
+    data = (shared_data / PKU_32).read_bytes()
+    path = tmp_path / "bad.json"
+    cut = data.index(b'"prompt"', len(data) // 2) + 11
+    path.write_bytes(data[:cut] + b"\xfe" + data[cut:])
+    spec = SourceSpec(name="pku", schema="pku_saferlhf", path=str(path))
+    with pytest.raises(
+        DataError,
+        match=r"bad\.json', line \d+, byte offset \d+: byte 0xfe is not UTF-8.*cannot be skipped",
+    ):
+        pair_records(spec, pku_dims(spec), 1, "skip", hf_cache)
+
+
+def test_non_utf8_csv_row_is_located(pku_rows, tmp_path, hf_cache):
+    path = write(tmp_path / "rows.csv", pku_rows, "csv")
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = lines[5][:10] + b"\xe9" + lines[5][10:]  # a Latin-1 é
+    path.write_bytes(b"\n".join(lines))
+    spec = SourceSpec(name="pku", schema="pku_saferlhf", path=str(path))
+    with pytest.raises(
+        DataError, match=r"rows\.csv', line 6, byte offset \d+: byte 0xe9 is not UTF-8.*Re-save"
+    ):
+        load_source(spec, hf_cache, on_bad_row="skip")

@@ -163,6 +163,7 @@ def _max_weight_diff(a: dict, b: dict) -> float:
     return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_matches_one_process_with_the_same_global_batch(stories_env, tmp_path):
     single, ranks = _run(tmp_path / "out", per_sample=False)
@@ -205,6 +206,7 @@ def test_ddp_matches_one_process_with_the_same_global_batch(stories_env, tmp_pat
     assert val_diff < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_per_sample_preference_matches_one_process(stories_env, tmp_path):
     """With one λ per example, rank r trains on rows r, r + 2, … of the λ that one process

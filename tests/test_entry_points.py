@@ -172,7 +172,8 @@ def test_m_that_disagrees_across_the_config_fails_before_the_model_loads(workdir
 
 def test_a_users_own_module_in_a_layered_config(workdir):
     """`--config experiments/stories/panacea_dpo.yaml --config mine.yaml`, where mine.yaml sets
-    `model.class_path` to a subclass in the user's own module, outside the package."""
+    the module, its loss and its aggregator to classes in the user's own module, outside the
+    package."""
     package = workdir / "user_code"
     package.mkdir(exist_ok=True)
     (package / "my_modules.py").write_text(
@@ -181,6 +182,9 @@ def test_a_users_own_module_in_a_layered_config(workdir):
             from pathlib import Path
 
             from panacea_pl.modules import PanaceaDPO
+            from panacea_pl.objectives import Aggregator, PreferenceLoss
+
+            CALLS = {"loss": 0, "aggregator": 0}
 
 
             class MarkedDPO(PanaceaDPO):
@@ -191,18 +195,45 @@ def test_a_users_own_module_in_a_layered_config(workdir):
                     self.marker = marker
 
                 def on_train_end(self):
-                    Path(self.marker).write_text(str(self.global_step))
+                    Path(self.marker).write_text(f"{self.global_step} {CALLS}")
+
+
+            class HingeLoss(PreferenceLoss):
+                """A user's per-dimension loss: max(0, 1 − β·y·h)."""
+
+                def pair_loss(self, h, y):
+                    CALLS["loss"] += 1
+                    return (1 - self.beta * y * h).clamp(min=0)
+
+
+            class SquaredLS(Aggregator):
+                """A user's aggregator: Σ λ_i L_i²."""
+
+                def aggregate(self, losses, preference, mask):
+                    CALLS["aggregator"] += 1
+                    return (preference * losses**2).masked_fill(~mask, 0).sum(-1)
             '''
         )
     )
-    mine = {"model": {"class_path": "my_modules.MarkedDPO", "init_args": {"marker": "m.txt"}}}
+    mine = {
+        "model": {
+            "class_path": "my_modules.MarkedDPO",
+            "init_args": {
+                "marker": "m.txt",
+                "loss": {"class_path": "my_modules.HingeLoss", "init_args": {"beta": 0.5}},
+                "aggregator": {"class_path": "my_modules.SquaredLS"},
+            },
+        }
+    }
     (workdir / "mine.yaml").write_text(yaml.safe_dump(mine))
     proc = panacea_pl(
         "fit", "--config", CONFIG, "--config", "small.yaml", "--config", "mine.yaml",
         cwd=workdir, env={"PYTHONPATH": str(package)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.out
-    assert (workdir / "m.txt").read_text() == "3"
+    steps, calls = (workdir / "m.txt").read_text().split(" ", 1)
+    assert steps == "3"  # the user's module trained, with the user's loss and aggregator:
+    assert "'loss': 0" not in calls and "'aggregator': 0" not in calls, calls
 
     # a module of ours, swapped in the same way, parses too
     sft = {"model": {"class_path": "panacea_pl.modules.PanaceaSFT"}}
@@ -247,3 +278,50 @@ def test_convert_llama2c_exits_zero(workdir, shared_data):
     assert (out / "config.json").is_file() and "wrote" in proc.out
     proc = panacea_pl("convert-llama2c", "missing.bin", "tok.bin", str(out), cwd=workdir)
     assert proc.returncode == 2 and "does not exist" in proc.out
+
+
+def test_a_users_own_schema_by_import_path(workdir, shared_data):
+    """A `Schema` subclass in the user's own module, named by its import path in the YAML's
+    `sources`, with no registration; the data cache sees it and the run trains on its pairs."""
+    package = workdir / "user_schemas"
+    package.mkdir(exist_ok=True)
+    (package / "my_schemas.py").write_text(
+        textwrap.dedent(
+            '''
+            from pathlib import Path
+
+            from panacea_pl.data.schemas import PKUSafeRLHF
+
+
+            class FirstHundredPKU(PKUSafeRLHF):
+                """PKU-SafeRLHF, its first 100 rows only (and says how many it adapted)."""
+
+                def pairs(self, rows, where, dims, num_dimensions, issues, dropped):
+                    rows = rows.select(range(min(100, len(rows))))
+                    records = super().pairs(rows, where, dims, num_dimensions, issues, dropped)
+                    Path("schema_rows.txt").write_text(str(len(records)))
+                    return records
+            '''
+        )
+    )
+    sample = shared_data / "pku-saferlhf-sample-500" / "PKU-Alignment_PKU-SafeRLHF_sample.jsonl"
+    mine = {
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "callbacks": [], "logger": False},
+        "data": {
+            "init_args": {
+                "sources": [
+                    {"name": "pku", "schema": "my_schemas.FirstHundredPKU", "path": str(sample)}
+                ],
+                "cache_dir": str(workdir / "data_cache"),
+            }
+        },
+    }
+    (workdir / "schema.yaml").write_text(yaml.safe_dump(mine))
+    local = stories_small.REPO_ROOT / "experiments/pku_saferlhf/panacea_dpo_local.yaml"
+    proc = panacea_pl(
+        "fit", "--config", str(local), "--config", "schema.yaml", cwd=workdir,
+        env={"PYTHONPATH": str(package)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert (workdir / "schema_rows.txt").read_text() == "100"
+    assert "source 'pku': 100 rows" in proc.out or "100" in proc.out

@@ -217,3 +217,58 @@ def test_no_prompts_without_a_datamodule(tiny_llama_dir, scorer_dir):
     module = make_module(tiny_llama_dir)
     with pytest.raises(ValueError, match="no prompts"):
         RewardModelEvaluator(scorer_dir, progress=False).evaluate(module, simplex_grid(2, 1))
+
+
+SAMPLED = FAST | {"do_sample": True, "samples_per_prompt": 4, "max_new_tokens": 8}
+
+
+def test_sampled_sweep_uses_common_random_numbers(tiny_llama_dir, scorer_dir):
+    """Sampling: a policy that ignores λ (a fresh adapter) is one point at the base model, with
+    paired differences of exactly 0; a trained one moves, reproducibly and in any chunking."""
+    grid = simplex_grid(2, 4)
+    fresh = RewardModelEvaluator(scorer_dir, prompts=PROMPTS, max_rows=64, **SAMPLED)
+    result = fresh.evaluate(make_module(tiny_llama_dir, trained=False), grid)
+    responses = np.array(fresh.last_generations.responses).reshape(len(grid), -1)
+    assert (responses == responses[0]).all()  # the same draws at every λ
+    assert fresh.last_base.responses == list(responses[0])
+    assert len(set(responses[0])) > 3  # and they are samples, not one greedy answer per prompt
+    np.testing.assert_allclose(result.objectives, result.objectives[[0] * len(grid)], atol=1e-6)
+    np.testing.assert_allclose(result.base, result.objectives[0], atol=1e-6)
+    np.testing.assert_allclose(result.columns["helpful reward - base"], 0.0, atol=1e-6)
+
+    module = make_module(tiny_llama_dir)
+    one = RewardModelEvaluator(scorer_dir, prompts=PROMPTS, max_rows=64, **SAMPLED)
+    first = one.evaluate(module, grid)
+    chunked = RewardModelEvaluator(scorer_dir, prompts=PROMPTS, max_rows=5, **SAMPLED)
+    again = chunked.evaluate(module, grid)
+    assert one.last_generations.responses == chunked.last_generations.responses
+    np.testing.assert_allclose(first.objectives, again.objectives, atol=1e-5)
+    assert not np.allclose(first.objectives[0], first.objectives[-1])
+    assert (first.columns["harmless -cost - base se"] > 0).all()
+    other = RewardModelEvaluator(scorer_dir, prompts=PROMPTS, seed=1, **SAMPLED)
+    other.evaluate(module, grid)
+    assert other.last_generations.responses != one.last_generations.responses
+
+
+def test_generate_rows_of_two_shards_equal_all_rows(tiny_llama_dir):
+    """Two ranks' plans (contiguous shares, padded to equal chunk counts) give every row once,
+    as the one-process call does."""
+    from panacea_pl.evaluation.crn import row_keys
+    from panacea_pl.evaluation.generation import generate_rows
+    from panacea_pl.evaluation.sharding import shard_plan
+
+    module = make_module(tiny_llama_dir)
+    policy, tokenizer = module.policy, module.policy.tokenizer()
+    prompts = [tokenizer(p).input_ids for p in PROMPTS] * 5
+    rows = simplex_grid(2, 4).repeat_interleave(3, 0)
+    keys = row_keys(0, torch.arange(15) % 3)
+    kwargs = dict(progress=False, noise_keys=keys, max_new_tokens=6, do_sample=True)
+    whole = generate_rows(policy, tokenizer, prompts, rows, max_rows=4, **kwargs)
+    shards = [
+        generate_rows(
+            policy, tokenizer, prompts, rows, 4, plan=shard_plan(15, 4, rank=r, world=2), **kwargs
+        )
+        for r in range(2)
+    ]
+    assert shards[0].responses + shards[1].responses == whole.responses
+    assert shards[0].prompts + shards[1].prompts == whole.prompts

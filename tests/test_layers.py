@@ -130,7 +130,7 @@ def test_num_return_sequences_repeats_rows(tiny_model_dir, batch):
     model, adapter = adapted(tiny_model_dir)
     rows = torch.tensor([LAM_A, LAM_B, [0.5, 0.5]])
     kwargs = {"max_new_tokens": 6, "do_sample": True, "pad_token_id": 0}
-    with adapter.preference(rows), torch.no_grad():
+    with adapter.preference(rows, repeats=2), torch.no_grad():
         torch.manual_seed(0)
         out = model.generate(**batch, num_return_sequences=2, **kwargs)
     repeated = {k: v.repeat_interleave(2, dim=0) for k, v in batch.items()}
@@ -138,6 +138,9 @@ def test_num_return_sequences_repeats_rows(tiny_model_dir, batch):
         torch.manual_seed(0)
         explicit = model.generate(**repeated, **kwargs)
     assert out.tolist() == explicit.tolist()
+    # without repeats, a batch that is a multiple of the rows is an error, not a silent repeat
+    with adapter.preference(rows), torch.no_grad(), pytest.raises(RuntimeError, match="repeats=2"):
+        model.generate(**batch, num_return_sequences=2, **kwargs)
 
 
 def test_merge_equals_unmerged_and_unmerge_restores(tiny_model_dir, batch):

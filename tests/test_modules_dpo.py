@@ -75,6 +75,7 @@ def fit(module, rows, collate, tmp_path, steps, **trainer_kwargs):
     return trainer
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_path):
     rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(
@@ -248,3 +249,24 @@ def test_resumed_fit_continues_the_same_lambda_sequence_and_weights(tiny_llama_d
         strict=True,
     ):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_reference_free_loss_skips_the_reference_pass(tiny_llama_dir, monkeypatch):
+    from panacea_pl.objectives import CPOLoss
+
+    rows, collate = tiny.pair_rows(tiny_llama_dir)
+    module = PanaceaDPO(policy(tiny_llama_dir), loss=CPOLoss(beta=0.1))
+    batch = collate(rows[:2])
+    disabled = []
+    original = module.policy.adapter.disabled
+
+    def counting_disabled(*args, **kwargs):
+        disabled.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module.policy.adapter, "disabled", counting_disabled)
+    losses = module.dimension_losses(batch, torch.tensor([0.5, 0.5]))
+    assert torch.isfinite(losses.losses).all() and not disabled
+    module.loss = MultiObjectiveDPOLoss(beta=0.1)
+    module.dimension_losses(batch, torch.tensor([0.5, 0.5]))
+    assert disabled  # DPO does run the reference

@@ -182,3 +182,27 @@ def test_running_ideal_all_reduces_min(tmp_path):
     mp.start_processes(
         _running_ideal_worker, args=(str(tmp_path / "init"),), nprocs=2, start_method="fork"
     )
+
+
+@pytest.mark.parametrize("agg", [LinearScalarization(), Tchebycheff(), SmoothTchebycheff()])
+@pytest.mark.parametrize(
+    ("preference", "match"),
+    [
+        ([2.0, -1.0], "negative weight"),
+        ([0.7, 0.7], "sums to 1.4"),
+        ([float("nan"), 1.0], "NaN or infinity"),
+        (torch.tensor([2.0, -1.0]), "negative weight"),
+        ([1.0, 0.0, 0.0], r"\[2\] \(one λ per batch\).*losses \[3, 2\] of 2 dimensions, got \[3\]"),
+        ("a,b", "not a number"),
+    ],
+)
+def test_lambda_off_the_simplex_is_refused(agg, preference, match):
+    losses = torch.rand(3, 2)
+    with pytest.raises(ValueError, match=match):
+        agg(losses, preference)
+
+
+def test_lambda_as_string_aggregates_like_numbers():
+    losses = torch.tensor([[1.0, 3.0], [2.0, 5.0]])
+    agg = LinearScalarization()
+    assert agg(losses, "0.25,0.75").item() == pytest.approx(agg(losses, [0.25, 0.75]).item())

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from panacea_pl.objectives import LinearScalarization, MultiObjectiveDPOLoss
+from panacea_pl.objectives import (
+    CPOLoss,
+    LinearScalarization,
+    MultiObjectiveDPOLoss,
+    MultiObjectiveIPOLoss,
+)
 
 # Two pairs; rows 0, 1 are responses a, rows 2, 3 responses b.
 # pair 0: log-ratios a: -10 - (-11) = 1,  b: -12 - (-11) = -1  → h = 1 - (-1) = 2
@@ -90,15 +95,13 @@ def test_soft_label_minimiser_is_the_label_probability():
 
 
 def test_ipo_soft_target():
-    out = MultiObjectiveDPOLoss(beta=0.1, loss_type="ipo")(
-        POLICY, REFERENCE, torch.tensor([[0.5]] * 2)
-    )
+    out = MultiObjectiveIPOLoss(beta=0.1)(POLICY, REFERENCE, torch.tensor([[0.5]] * 2))
     # target h = y/(2β) = 2.5: pair 0 (2 − 2.5)² = 0.25, pair 1 (−1 − 2.5)² = 12.25
     torch.testing.assert_close(out.losses, torch.tensor([[0.25], [12.25]]))
 
 
 def test_ipo_loss_hand_computed():
-    out = MultiObjectiveDPOLoss(beta=0.1, loss_type="ipo")(POLICY, REFERENCE, LABELS)
+    out = MultiObjectiveIPOLoss(beta=0.1)(POLICY, REFERENCE, LABELS)
     # 1/(2β) = 5;  (h_i − 5)²: pair 0: (2 − 5)² = 9, (−2 − 5)² = 49;  pair 1: (1 − 5)² = 16
     torch.testing.assert_close(out.losses, torch.tensor([[9.0, 49.0], [16.0, 0.0]]))
 
@@ -121,5 +124,23 @@ def test_errors():
         MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([[1.0, 0.0], [1.5, 0.0]]))
     with pytest.raises(ValueError, match=r"labels\[0, 1\] = nan"):
         MultiObjectiveDPOLoss()(POLICY, REFERENCE, torch.tensor([[1.0, float("nan")], [1, 0]]))
-    with pytest.raises(ValueError, match="sigmoid loss only"):
-        MultiObjectiveDPOLoss(loss_type="ipo", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="needs the reference's log-probs"):
+        MultiObjectiveDPOLoss()(POLICY, None, LABELS)
+    with pytest.raises(ValueError, match="label_smoothing must be a finite number >= 0"):
+        MultiObjectiveDPOLoss(label_smoothing=-0.1)
+
+
+def test_cpo_is_dpo_without_the_reference():
+    # h = log π(a) − log π(b) on the policy alone: equal to DPO with a zero reference
+    cpo = CPOLoss(beta=0.1)(POLICY, None, LABELS)
+    dpo = MultiObjectiveDPOLoss(beta=0.1)(POLICY, torch.zeros_like(POLICY), LABELS)
+    torch.testing.assert_close(cpo.losses, dpo.losses)
+    assert CPOLoss.is_reference_free and not MultiObjectiveDPOLoss.is_reference_free
+    # ... and it ignores a reference that is passed
+    torch.testing.assert_close(CPOLoss(beta=0.1)(POLICY, REFERENCE, LABELS).losses, cpo.losses)
+
+
+def test_implicit_rewards_are_beta_times_the_log_ratio():
+    rewards = MultiObjectiveDPOLoss(beta=0.5).implicit_rewards(POLICY, REFERENCE)
+    torch.testing.assert_close(rewards, 0.5 * (POLICY - REFERENCE))
+    torch.testing.assert_close(CPOLoss(beta=0.5).implicit_rewards(POLICY, None), 0.5 * POLICY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -51,6 +52,7 @@ def test_implicit_evaluator_matches_one_lambda_at_a_time(tiny_llama_dir):
     assert set(np.round(together.objectives[:, 1] * 3, 6)) <= {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_sweep_logs_files_metrics_and_wandb_offline(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -98,9 +100,13 @@ def test_plot_shapes(tmp_path):
             lower=np.zeros(m),
             upper=np.ones(m),
             optimum=grid**0.4,
+            base=np.full(m, 0.3),
         )
         path = plot_front(result, tmp_path / f"m{m}.png")
         assert path.stat().st_size > 5000
+        if m < 5:  # the base model's point is drawn (parallel coordinates have no point)
+            without = plot_front(replace(result, base=None), tmp_path / f"m{m}-nobase.png")
+            assert path.read_bytes() != without.read_bytes()
         assert result.metrics()["hypervolume"] > 0
 
 

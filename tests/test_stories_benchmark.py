@@ -181,6 +181,7 @@ def test_evaluate_with_adapter(bench, base_model):
     assert moved.regret_within_error(z=3).all()
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_set_preference_function(bench, base_model):
     calls = []
     result = evaluate_policy(
@@ -209,9 +210,23 @@ def test_chunks_respect_preference_boundaries():
 
 
 @pytest.mark.slow
-def test_default_build_m2(shared_data, tmp_path):
+def test_default_sampling_build_m2(shared_data, tmp_path):
+    """The default settings' per-prompt sampling (512 reference stories of 48 tokens, which the
+    optimum's importance weights rest on) on 4 of the 16 prompts, with few pairs: the optimum's
+    effective sample size, the conflict of the dimensions and the base model's zero regret are
+    per-prompt properties, so a quarter of the prompts shows them at a quarter of the cost.
+    `make demo` builds the full default."""
     start = time.perf_counter()
-    bench = StoriesBenchmark(shared_data, tmp_path, num_dimensions=2, progress=False).build()
+    bench = StoriesBenchmark(
+        shared_data,
+        tmp_path,
+        num_dimensions=2,
+        num_prompts=4,
+        pair_responses_per_prompt=16,
+        pairs_per_prompt=32,
+        progress=False,
+    ).build()
+    assert bench.reference_samples_per_prompt == 512 and bench.max_new_tokens == 48
     built = time.perf_counter() - start
     front = bench.optimal_front()
     corners = [0, 5, 10]  # λ = (1, 0), (0.5, 0.5), (0, 1)

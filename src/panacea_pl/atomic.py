@@ -22,8 +22,14 @@ from pathlib import Path
 TEMP_PREFIX = ".partial-"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], object], keep_suffix: bool = False
+) -> Path:
     """Call `write(tmp)` on a new temporary file beside `path`, then put it in place.
+
+    `keep_suffix` ends the temporary name with `path`'s suffix, for writers that append one
+    otherwise (`np.savez` adds `.npz`); checkpoints keep the default, so that a file left by a
+    crash never ends in `.ckpt`.
 
     The temporary file lives in `path`'s folder (same filesystem, so the rename is atomic); its
     data is fsynced before `os.replace` puts it over `path`, and the folder is fsynced after, so
@@ -36,11 +42,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+    suffix = path.suffix if keep_suffix else ""
+    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp{suffix}"
     # os.open with 0o666 honours the umask, unlike mkstemp's 0o600
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        write(str(tmp))
+        write(tmp)
         _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException as err:

@@ -3,7 +3,8 @@
 Builds (or reuses) the benchmark — stories260K converted to a Hugging Face model, stories sampled
 from it, labelled happy/sad pairs and the optimal front — then trains ONE Panacea model with
 multi-objective DPO from `experiments/stories/panacea_dpo.yaml`, sweeps λ over the simplex, and
-prints the front beside the optimum with its hypervolume ratio and mean regret.
+prints the front beside the optimum with G (the fraction of the achievable gain, per λ and
+mean ± SE), the hypervolume ratio and the mean regret.
 """
 
 from __future__ import annotations
@@ -92,20 +93,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(sweep: ParetoSweep, seconds: float) -> None:
+    """Print the final front beside the optimum, G per λ and its mean, and the HV ratios."""
     result, metrics = sweep.last_result, sweep.last_metrics
     names = result.objective_names
-    print("[3/3] the front (one model, λ set at inference):")
+    columns = result.columns
+    print("[3/3] the front (one model, λ set at inference; common random numbers):")
     header = f"      {'λ_' + names[0]:>9} " + " ".join(f"{n:>8}" for n in names)
-    print(header + f" {'opt ' + names[0]:>10} {'opt ' + names[1]:>9} {'KL':>6} {'regret':>7}")
+    print(
+        header + f" {'opt ' + names[0]:>10} {'opt ' + names[1]:>9} {'KL':>6} {'regret':>7}"
+        f" {'G ± se':>13}"
+    )
     for g in range(len(result.preferences)):
         row = result.objectives[g]
         opt = result.optimum[g]
         print(
             f"      {result.preferences[g, 0]:9.2f} "
             + " ".join(f"{v:8.4f}" for v in row)
-            + f" {opt[0]:10.4f} {opt[1]:9.4f} {result.columns['kl'][g]:6.3f}"
-            f" {result.columns['regret'][g]:7.4f}"
+            + f" {opt[0]:10.4f} {opt[1]:9.4f} {columns['kl'][g]:6.3f}"
+            f" {columns['regret'][g]:7.4f} {columns['gain'][g]:6.2f} ± {columns['gain_se'][g]:4.2f}"
         )
+    if result.base is not None:
+        base = " ".join(f"{v:8.4f}" for v in result.base)
+        print(f"      {'base':>9} {base}   (the base model: one point, every λ)")
+    print(
+        f"      G, the fraction of the achievable gain (0 = base model, 1 = optimum): "
+        f"{metrics['mean_gain']:.3f} ± {metrics['mean_gain_se']:.3f} (mean over the grid ± SE)"
+    )
     before = sweep.first_metrics
     if before:
         print(
@@ -118,7 +131,8 @@ def _report(sweep: ParetoSweep, seconds: float) -> None:
         )
     else:
         print(
-            f"      hypervolume ratio {metrics['hypervolume_ratio']:.3f}, mean regret {metrics['mean_regret']:.4f}"
+            f"      hypervolume ratio {metrics['hypervolume_ratio']:.3f}, "
+            f"mean regret {metrics['mean_regret']:.4f}"
         )
     print(f"      plot: {sweep.last_plot}")
     print(f"      table: {sweep.last_plot.with_suffix('.csv')}")

@@ -12,12 +12,13 @@ component; a `--ckpt_path` that is readable), and a quiet console.
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from panacea_pl.callbacks.progress import ProgressBar as PanaceaProgressBar
 from panacea_pl.config_checks import check_dimension_agreement
@@ -58,12 +59,22 @@ def prepare_parsing() -> None:
     set_parsing_settings(subclasses_enabled=[PanaceaConfig])
 
 
+class ShortUsageParser(LightningArgumentParser):
+    """Lightning's parser, except that an error is not preceded by the whole option list (a
+    hundred lines for `fit`): one usage line, the tip to run `--help`, and the error."""
+
+    def print_usage(self, file: Any = None) -> None:
+        prog = self.prog.replace(" [options]", "")
+        (file or sys.stderr).write(f"usage: {prog} [--config CONFIG ...] [--KEY VALUE ...]\n")
+
+
 class PanaceaCLI(LightningCLI):
     """`LightningCLI` with `CLI_SETTINGS`, the checks above and the default callbacks."""
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any):
         prepare_parsing()
-        super().__init__(args=args, run=run, **{**CLI_SETTINGS, **kwargs})
+        settings = {"parser_class": ShortUsageParser, **CLI_SETTINGS, **kwargs}
+        super().__init__(args=args, run=run, **settings)
 
     def _parse_ckpt_path(self) -> None:
         """Read `--ckpt_path` with clear errors, and restore the module's arguments from it.

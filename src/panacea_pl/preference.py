@@ -8,6 +8,7 @@ grid = simplex_grid(num_preferences=3, divisions=4)         # 15 × 3 Das–Denn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ def validate_preference(
     """Check that `preference` is one λ of shape [m] or a batch of shape [B, m] on the simplex.
 
     Args:
-        preference: λ as a tensor, array or (nested) list.
+        preference: λ as a tensor, array or (nested) list; numbers written as strings are
+            parsed ("0.3,0.7", "[0.3, 0.7]", ["0.3", "0.7"]).
         num_preferences: m, the number of preference dimensions expected.
         normalize: divide each row by its sum instead of rejecting rows that do not sum to 1.
             Rows must still be non-negative with a positive sum.
@@ -46,7 +48,7 @@ def validate_preference(
         PreferenceError: wrong shape or length, NaN/inf, a negative entry, or a row whose sum is
             not 1 (when `normalize` is False). The message names the offending row.
     """
-    lam = torch.as_tensor(preference, dtype=torch.float64).detach()
+    lam = as_preference_tensor(preference)
     if lam.dim() not in (1, 2) or lam.shape[-1] != num_preferences:
         raise PreferenceError(
             f"preference must have shape [{num_preferences}] or [batch, {num_preferences}] "
@@ -79,6 +81,82 @@ def validate_preference(
     return rows.reshape(lam.shape).to(dtype=dtype, device=device)
 
 
+_EXPECTED = "numbers, e.g. [0.3, 0.7], the string '0.3,0.7', or a [batch, m] tensor"
+
+
+def as_preference_tensor(preference: PreferenceLike | str) -> torch.Tensor:
+    """λ as a float64 tensor, parsing numbers given as strings; no simplex check.
+
+    Raises:
+        PreferenceError: something that is not numbers (the message shows it and what is expected).
+    """
+    if isinstance(preference, torch.Tensor):
+        if preference.is_complex() or preference.dtype == torch.bool:
+            raise PreferenceError(f"preference has dtype {preference.dtype}; expected {_EXPECTED}")
+        return preference.detach().to(torch.float64)
+    try:
+        return torch.as_tensor(_parse(preference, preference), dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, PreferenceError):
+            raise
+        raise PreferenceError(
+            f"preference {_show(preference)} is not a vector or matrix of numbers ({err}); "
+            f"expected {_EXPECTED}"
+        ) from None
+
+
+def _parse(value: Any, whole: Any, top: bool = True) -> Any:
+    """Numbers from strings, recursively through lists; arrays of strings become lists.
+
+    A string at the top is a vector ("0.5" → [0.5]); inside a list, a single number is a scalar.
+    """
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
+        value = value.tolist()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        text = value.strip().strip("[]()").replace(",", " ").split()
+        if not text:
+            raise PreferenceError(f"preference {_show(whole)} is empty; expected {_EXPECTED}")
+        try:
+            numbers = [float(t) for t in text]
+        except ValueError:
+            raise PreferenceError(
+                f"preference {_show(whole)}: {value!r} is not a number or a comma-separated "
+                f"list of numbers; expected {_EXPECTED}"
+            ) from None
+        return numbers[0] if len(numbers) == 1 and not top and "," not in value else numbers
+    if isinstance(value, bool) or value is None or isinstance(value, dict | set):
+        raise PreferenceError(f"preference {_show(whole)}: expected {_EXPECTED}")
+    if isinstance(value, list | tuple):
+        return [_parse(v, whole, top=False) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def checked_step_preference(preference: PreferenceLike, num_preferences: int) -> torch.Tensor:
+    """λ as a loss receives it each step: validated at the boundary, free of host syncs after it.
+
+    Lists, arrays, strings and CPU tensors are checked in full (`validate_preference`: on the
+    simplex, finite), which costs no device sync. A tensor already on an accelerator is only
+    shape-checked by the caller: it was made by a sampler or `set_preference`, which validated
+    it, and its values can only be read with a host sync (three `.nonzero()` calls) per step.
+
+    Returns:
+        The tensor (float64 for host input, unchanged for accelerator tensors).
+    """
+    if isinstance(preference, torch.Tensor) and preference.device.type != "cpu":
+        return preference
+    lam = as_preference_tensor(preference)
+    if lam.shape[-1:] != (num_preferences,):
+        return lam  # the caller's shape check names the losses it must match
+    return validate_preference(lam, num_preferences, dtype=torch.float64)
+
+
 class DirichletSampler:
     """Samples λ ~ Dirichlet(α) with its own generator, so its state can be checkpointed.
 
@@ -91,12 +169,29 @@ class DirichletSampler:
     """
 
     def __init__(self, num_preferences: int, alpha: float | Sequence[float] = 1.0, seed: int = 0):
-        conc = torch.as_tensor(alpha, dtype=torch.float64).flatten()
+        if isinstance(num_preferences, bool) or not isinstance(num_preferences, int):
+            raise PreferenceError(
+                f"num_preferences must be an integer >= 1, got {num_preferences!r}"
+            )
+        if num_preferences < 1:
+            raise PreferenceError(f"num_preferences must be >= 1, got {num_preferences}")
+        expected = (
+            f"a finite positive number or {num_preferences} of them (1 is uniform on the simplex)"
+        )
+        try:
+            conc = torch.as_tensor(_parse(alpha, alpha, top=False), dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise PreferenceError(f"Dirichlet alpha = {alpha!r}: expected {expected}") from None
         if conc.numel() == 1:
             conc = conc.expand(num_preferences).clone()
-        if conc.numel() != num_preferences or (conc <= 0).any():
+        if conc.numel() != num_preferences:
             raise PreferenceError(
-                f"alpha must be a positive scalar or {num_preferences} positive values, got {alpha}"
+                f"Dirichlet alpha = {alpha!r} has {conc.numel()} values; expected {expected}"
+            )
+        if not (torch.isfinite(conc).all() and (conc > 0).all()):
+            raise PreferenceError(
+                f"Dirichlet alpha = {alpha!r}: expected {expected}; NaN, infinity, 0 and negative "
+                "values do not define a distribution on the simplex"
             )
         self.num_preferences = num_preferences
         self.alpha = conc

@@ -15,6 +15,7 @@ Both collections are `panacea_pl.models.PreferencePolicy`s with one λ per forwa
 same evaluators and `ParetoSweep` score them (`runner` explains the run's files and metrics).
 """
 
+from panacea_pl.baselines.baseline_cli import BaselineSettings
 from panacea_pl.baselines.collection import (
     AdapterCollection,
     BaselineFront,
@@ -29,7 +30,6 @@ from panacea_pl.baselines.module import FixedPreferenceDPO
 from panacea_pl.baselines.ppo import FixedPreferencePPO
 from panacea_pl.baselines.runner import (
     BaselineRun,
-    BaselineSettings,
     Member,
     run_baseline,
     run_dps,

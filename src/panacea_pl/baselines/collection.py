@@ -73,7 +73,7 @@ class AdapterCollection(nn.Module):
         super().__init__()
         self.base = base
         m = base.num_preferences
-        prefs = validate_preference(torch.as_tensor(preferences, dtype=torch.float64), m)
+        prefs = validate_preference(preferences, m)
         if prefs.dim() != 2 or len(prefs) != len(states) or not len(states):
             raise ValueError(
                 f"need one λ row per member adapter, got {list(prefs.shape)} λ for "

@@ -27,21 +27,17 @@ must be a `FixedPreferenceDPO` or a `FixedPreferencePPO` (DPS for RLHF). The run
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from panacea_pl.baselines.baseline_cli import BaselineCLI, BaselineSettings, config_key
 from panacea_pl.baselines.collection import (
     MANIFEST_NAME,
     AdapterCollection,
@@ -57,35 +53,9 @@ from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.layers import save_adapter
 from panacea_pl.layers.io import CONFIG_NAME
-from panacea_pl.lightning_cli import PanaceaCLI
 from panacea_pl.preference import simplex_grid, validate_preference
 
 KINDS = ("dps", "rewarded_soups")
-
-
-@dataclass
-class BaselineSettings:
-    """The `baseline:` block of a baseline YAML.
-
-    Args:
-        kind: "dps" (one model per grid λ) or "rewarded_soups" (one per dimension, interpolated).
-        divisions: H of DPS's Das–Dennis grid; None: the `ParetoSweep` callback's, so every
-            evaluated λ has its own model. A coarser grid serves each λ by the nearest member.
-        preferences: DPS's members' λ given explicitly instead of a grid (e.g. [[0.3, 0.7]]).
-        output_dir: members' adapters, logs and `members.json`; None:
-            `<trainer.default_root_dir>/<kind>_members`.
-        resume: reuse a member already trained in `output_dir` at the same λ under the same
-            config (loggers, the sweep, output folders and display settings aside).
-        num_threads: torch intra-op threads (1 is fastest for stories260K on a busy CPU);
-            None leaves torch's setting.
-    """
-
-    kind: Literal["dps", "rewarded_soups"] = "dps"
-    divisions: int | None = None
-    preferences: list[list[float]] | None = None
-    output_dir: str | None = None
-    resume: bool = True
-    num_threads: int | None = None
 
 
 @dataclass
@@ -126,37 +96,6 @@ class BaselineRun:
     plot: Path
     summary: Path
     front: BaselineFront
-
-
-class BaselineCLI(PanaceaCLI):
-    """LightningCLI (no subcommand) over a baseline YAML: the usual sections plus `baseline`.
-
-    With `member_dir` the trainer is a member's: a CSV logger in `member_dir`, no `ParetoSweep`.
-    Without, it is the YAML's own trainer, to validate (= sweep) the collection.
-    """
-
-    def __init__(self, args: list[str], member_dir: Path | None = None):
-        self.member_dir = member_dir
-        super().__init__(args=args, run=False)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_class_arguments(BaselineSettings, "baseline")
-
-    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        if self.member_dir is None:
-            kwargs.setdefault("limit_val_batches", 1)  # the front module does nothing per batch
-            return super().instantiate_trainer(**kwargs)
-        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        callbacks = [c for c in _as_list(callbacks) if not isinstance(c, ParetoSweep)]
-        for callback in callbacks:  # a fixed checkpoint folder would be shared by all members
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-                callback.dirpath = str(self.member_dir / "checkpoints")
-        kwargs.update(
-            logger=CSVLogger(self.member_dir, name="logs"),
-            callbacks=callbacks,
-            default_root_dir=str(self.member_dir),
-        )
-        return super().instantiate_trainer(**kwargs)
 
 
 def run_baseline(
@@ -225,7 +164,7 @@ def _run(argv: list[str], verbose: bool) -> BaselineRun:
     else:
         preferences = simplex_grid(m, settings.divisions or sweep.divisions)
     seed = cli.config.seed_everything
-    config_key = _config_key(cli)
+    training_key = config_key(cli)
     root = Path(cli.trainer.default_root_dir)
     output = Path(settings.output_dir or root / f"{settings.kind}_members")
 
@@ -234,7 +173,7 @@ def _run(argv: list[str], verbose: bool) -> BaselineRun:
         lam = [round(x, 10) for x in lam]
         folder = output / _tag(lam)
         say(f"[{settings.kind} {k + 1}/{len(preferences)}] λ={_fmt(lam)} → {folder}")
-        member = _member(argv, lam, seed, folder, output, settings.resume, config_key)
+        member = _member(argv, lam, seed, folder, output, settings.resume, training_key)
         say(
             f"      {'reused: ' if member.reused else ''}{member.steps} steps, "
             f"{member.seconds:.1f} s"
@@ -364,49 +303,12 @@ def _report(run: BaselineRun, say) -> None:
     say(f"      plot: {run.plot}\n      table: {run.csv}\n      summary: {run.summary}")
 
 
-# Settings that do not change what a member learns: a member trained under a config that differs
-# from the current one only in these is reused by `resume`.
-NOT_TRAINING = (
-    "config",
-    "baseline",
-    "model.init_args.preference",
-    "trainer.logger",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-)
-
-
-def _config_key(cli: BaselineCLI) -> str:
-    """A hash of the config as it bears on a member's training (λ aside; see NOT_TRAINING)."""
-    dump = yaml.safe_load(cli.parser.dump(cli.config, skip_link_targets=False))
-    for key in NOT_TRAINING:
-        *path, last = key.split(".")
-        node = dump
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    callbacks = (dump.get("trainer") or {}).get("callbacks") or []
-    dump.setdefault("trainer", {})["callbacks"] = [
-        c
-        for c in _as_list(callbacks)
-        if not (isinstance(c, dict) and c.get("class_path", "").endswith("ParetoSweep"))
-    ]
-    text = json.dumps(dump, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _tag(lam: list[float]) -> str:
     return "lambda-" + "-".join(f"{x:.4f}".rstrip("0").rstrip(".") for x in lam)
 
 
 def _fmt(lam: list[float]) -> str:
     return "(" + ", ".join(f"{x:.3g}" for x in lam) + ")"
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _write_json(path: Path, data: dict) -> None:

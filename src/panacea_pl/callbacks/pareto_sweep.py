@@ -10,6 +10,11 @@ dashboards can group runs by aggregation scheme). Always: a CSV and a PNG per sw
 `<log_dir>/pareto/`. Under `trainer.validate(...)` (a finished model, or a baseline's policy
 collection: `panacea_pl.baselines`) it sweeps once, tagged and logged like the end-of-fit sweep
 (`final.csv`, `pareto/{name}_final`).
+
+Under DDP (or a sharded strategy) an evaluator with `distributed = True` (the stories and
+reward-model evaluators) is called on every rank: each rank generates and scores its share of
+the grid's rows, every rank takes part in every forward, and rank zero writes and logs the
+gathered front. Other evaluators run on rank zero alone while the other ranks wait.
 """
 
 from __future__ import annotations
@@ -85,13 +90,14 @@ class ParetoSweep(pl.Callback):
     def sweep(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, log_metrics: bool
     ) -> FrontResult | None:
-        """Evaluate the grid on rank zero, write CSV + PNG, log to the loggers."""
+        """Evaluate the grid (sharded over ranks, or on rank zero), write CSV + PNG, log."""
         # every rank: under DDP `trainer.log_dir` is a broadcast, which rank zero alone would
         # wait on forever
         folder = Path(
             self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "pareto"
         )
-        if not trainer.is_global_zero:
+        sharded = trainer.world_size > 1 and getattr(self.evaluator, "distributed", False)
+        if not (trainer.is_global_zero or sharded):
             return None
         grid = simplex_grid(pl_module.policy.num_preferences, self.divisions)
         was_training = pl_module.training
@@ -100,11 +106,15 @@ class ParetoSweep(pl.Callback):
             result = self.evaluator.evaluate(pl_module, grid)
         finally:
             pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return None
         metrics = result.metrics()
         result.write_csv(folder / f"{tag}.csv")
         title = f"{type(pl_module).__name__} · step {trainer.global_step} · HV {metrics['hypervolume']:.4g}"
         if "hypervolume_ratio" in metrics:
             title += f" ({metrics['hypervolume_ratio']:.2f} of the optimum's)"
+        if "mean_gain" in metrics:
+            title += f"\nG = {metrics['mean_gain']:.2f} ± {metrics.get('mean_gain_se', 0.0):.2f}"
         self.last_plot = plot_front(result, folder / f"{tag}.png", title=title)
         self.last_result, self.last_metrics = result, metrics
         keyed = {f"pareto/{name}": value for name, value in metrics.items()}

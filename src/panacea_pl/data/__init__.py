@@ -23,7 +23,8 @@ Modules, one job each:
 - `mixing`      proportional / interleaved / per-dimension batches
 - `resumable`   training batches that resume mid-epoch, shuffled per (seed, epoch), sharded by rank
 - `collate`     padded tensor batches (the batch contracts)
-- `datamodule`  PreferenceDataModule, SFTDataModule, PromptDataModule
+- `datamodule`  TokenizedDataModule: the life cycle (cache, split, mix, loaders) every kind shares
+- `datamodules` PreferenceDataModule, SFTDataModule, PromptDataModule
 """
 
 from panacea_pl.data.collate import PreferenceCollator, PromptCollator, SFTCollator
@@ -34,7 +35,8 @@ from panacea_pl.data.config import (
     TokenizationSpec,
     bind_dimensions,
 )
-from panacea_pl.data.datamodule import PreferenceDataModule, PromptDataModule, SFTDataModule
+from panacea_pl.data.datamodule import TokenizedDataModule
+from panacea_pl.data.datamodules import PreferenceDataModule, PromptDataModule, SFTDataModule
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import PerDimensionBatchSampler, mix_groups
 from panacea_pl.data.records import pair_records, preferred_targets, prompt_records, sft_records
@@ -53,6 +55,7 @@ __all__ = [
     "PerDimensionBatchSampler",
     "PreferenceCollator",
     "PreferenceDataModule",
+    "TokenizedDataModule",
     "PromptCollator",
     "PromptDataModule",
     "ResumableDataLoader",

@@ -14,6 +14,7 @@ tokenisation settings, split fraction and seed, bad-row policy, and `CACHE_VERSI
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,39 @@ import datasets
 #: bump when the processing changes in a way the key cannot see
 CACHE_VERSION = 2  # 2: float (soft) labels
 _REPORT = "panacea_report.json"
+
+
+class DiskFullError(OSError):
+    """A write that failed for want of space (ENOSPC) or quota (EDQUOT); names the folder."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, says the disk or quota is full (pyarrow's
+    IO errors carry the text without the errno)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        if any(text in str(err).lower() for text in _FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def disk_full_error(folder: str | Path, what: str, err: BaseException) -> DiskFullError:
+    """The error to raise for a full disk: which folder, what was written, how to go on."""
+    full = DiskFullError(
+        f"no space left on the device (or quota exceeded) while writing {what} to the cache "
+        f"folder '{folder}' ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
+        "free space there, or set `cache_dir` to a folder on a disk with room"
+    )
+    full.errno = errno.ENOSPC
+    return full
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -60,9 +94,15 @@ def save_cached(path: Path, tables: dict[str, datasets.Dataset], report: dict[st
     if not kept:
         raise ValueError("nothing to cache: every table is empty")
     report = {**report, "_empty_tables": sorted(set(tables) - set(kept))}
-    with quiet_progress():
-        datasets.DatasetDict(kept).save_to_disk(str(tmp))
-    (tmp / _REPORT).write_text(json.dumps(report, indent=2))
+    try:
+        with quiet_progress():
+            datasets.DatasetDict(kept).save_to_disk(str(tmp))
+        (tmp / _REPORT).write_text(json.dumps(report, indent=2))
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written copy behind
+        if is_disk_full(err):
+            raise disk_full_error(path.parent, "the tokenised data", err) from err
+        raise
     try:
         os.replace(tmp, path)
     except OSError:

@@ -42,7 +42,8 @@ class SourceSpec:
     Args:
         name: id that `DimensionSpec.source` refers to; also written in each row's `source`.
         schema: row layout, one of `panacea_pl.data.schemas.SCHEMAS`: `pku_saferlhf`, `hh_rlhf`,
-            `helpsteer` (= `helpsteer2`), `ultrafeedback`, `generic`, `sft`, `prompts`.
+            `helpsteer` (= `helpsteer2`), `ultrafeedback`, `generic`, `sft`, `prompts` — or the
+            import path of a `Schema` subclass in your own module (`my_package.MySchema`).
         path: a local file (`.json` array or JSON Lines, `.jsonl`, `.jsonl.gz`, `.json.gz`,
             `.parquet`, `.csv`), a glob, a list of those, a local folder holding one file per
             split (`train.jsonl`, `test.parquet`, ...), or a Hugging Face hub dataset name.
@@ -172,7 +173,8 @@ class BoundDimension:
 def bind_dimensions(
     sources: Sequence[SourceSpec], dimensions: Sequence[DimensionSpec]
 ) -> dict[str, list[BoundDimension]]:
-    """Check the configuration and group the dimensions by the source that labels them.
+    """Check the configuration and group the dimensions by the source that labels them
+    (the schemas themselves are resolved by `panacea_pl.data.schemas.get_schema`).
 
     Returns:
         `{source name: [BoundDimension, ...]}` for every source, in configured order (a source
@@ -180,19 +182,11 @@ def bind_dimensions(
 
     Raises:
         ConfigError: duplicate source or dimension names, a dimension naming an unknown source,
-            an unknown direction, or an unknown schema.
+            or an unknown direction.
     """
-    from panacea_pl.data.schemas import SCHEMAS
-
     names = [s.name for s in sources]
     _no_duplicates(names, "source")
     _no_duplicates([d.name for d in dimensions], "dimension")
-    for source in sources:
-        if source.schema not in SCHEMAS:
-            raise ConfigError(
-                f"source '{source.name}': unknown schema '{source.schema}'; "
-                f"expected one of {sorted(SCHEMAS)}"
-            )
     bound: dict[str, list[BoundDimension]] = {name: [] for name in names}
     for index, dim in enumerate(dimensions):
         if dim.source not in bound:

@@ -1,4 +1,5 @@
-"""LightningDataModules: preference pairs (DPO, reward models), SFT targets, and PPO prompts.
+"""The life cycle every tokenised DataModule shares (the kinds users name are in
+`panacea_pl.data.datamodules`: preference pairs, SFT targets, PPO prompts).
 
     from panacea_pl.data import DimensionSpec, PreferenceDataModule, SourceSpec
 
@@ -29,7 +30,6 @@ whose `PerDimensionBatchSampler` shards by rank itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from panacea_pl.checks import check_model_path
 from panacea_pl.data.cache import (
     cache_key,
     cache_path,
@@ -48,7 +49,6 @@ from panacea_pl.data.cache import (
     quiet_progress,
     save_cached,
 )
-from panacea_pl.data.collate import PreferenceCollator, PromptCollator, SFTCollator
 from panacea_pl.data.config import (
     BadRowPolicy,
     BoundDimension,
@@ -58,20 +58,16 @@ from panacea_pl.data.config import (
     TokenizationSpec,
     bind_dimensions,
 )
+from panacea_pl.data.context import check_context, model_max_positions
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.data.mixing import POLICIES, PerDimensionBatchSampler, mix_groups
-from panacea_pl.data.records import pair_records, prompt_records, sft_records
 from panacea_pl.data.resumable import ResumableDataLoader
-from panacea_pl.data.schemas import SourceReport
+from panacea_pl.data.schemas import SourceReport, get_schema
 from panacea_pl.data.sources import source_fingerprint
 from panacea_pl.data.split import split_by_prompt
 from panacea_pl.data.tokenize import (
     TextEncoder,
     log_truncation,
-    pad_token_id,
-    tokenize_pairs,
-    tokenize_prompts,
-    tokenize_sft,
     tokenizer_fingerprint,
 )
 
@@ -83,30 +79,57 @@ def _info(message: str) -> None:
         log.info(message)
 
 
-class _TokenizedDataModule(pl.LightningDataModule):
-    """Shared life cycle: cache key → prepare (build + save) → setup (load + mix) → loaders."""
+class TokenizedDataModule(pl.LightningDataModule):
+    """Shared life cycle: cache key → prepare (build + save) → setup (load + mix) → loaders.
+
+    The constructor below is the one of `PreferenceDataModule` and `SFTDataModule` (see
+    `panacea_pl.data.datamodules`); a kind supplies `_records`, `_tokenize` and `_collator`.
+
+    Args:
+        tokenizer: tokenizer path or hub name, loaded with `AutoTokenizer.from_pretrained`.
+        sources: the datasets (see `SourceSpec`).
+        dimensions: the preference dimensions, in the order of `labels` (see `DimensionSpec`).
+        tokenization: template and truncation (see `TokenizationSpec`; default: its defaults).
+        batch_size: pairs per training batch (a batch has 2 × batch_size sequences).
+        eval_batch_size: pairs per validation batch (default: batch_size).
+        val_fraction: share of distinct prompts held out for validation, per source.
+        seed: seed of the split, of the shuffling and of the per-dimension batch order.
+        on_bad_row: `error` — stop at the first bad row with a message naming file, row and
+            field; `skip` — drop bad rows and log how many, by reason.
+        mixing: `proportional`, `interleaved` or `per_dimension` (see `panacea_pl.data.mixing`).
+        mixing_weights: one weight per source for `interleaved` (default: equal turns).
+        cache_dir: where tokenised data (and `datasets`' own cache) go (default:
+            `HF_DATASETS_CACHE`).
+        overwrite_cache: rebuild even when the tokenised data is cached.
+        num_workers: DataLoader workers.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+    """
 
     kind: ClassVar[str] = ""
+    #: whether the kind needs at least one `DimensionSpec` (prompts for PPO do not)
+    requires_dimensions: ClassVar[bool] = True
 
     def __init__(
         self,
         tokenizer: str,
         sources: list[SourceSpec],
         dimensions: list[DimensionSpec],
-        tokenization: TokenizationSpec | None,
-        batch_size: int,
-        eval_batch_size: int | None,
-        val_fraction: float,
-        seed: int,
-        on_bad_row: BadRowPolicy,
-        mixing: MixingPolicy,
-        mixing_weights: list[float] | None,
-        cache_dir: str | None,
-        overwrite_cache: bool,
-        num_workers: int,
-        pad_to_multiple_of: int | None,
+        tokenization: TokenizationSpec | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        on_bad_row: BadRowPolicy = "error",
+        mixing: MixingPolicy = "proportional",
+        mixing_weights: list[float] | None = None,
+        cache_dir: str | None = None,
+        overwrite_cache: bool = False,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         super().__init__()
+        if self.requires_dimensions and not dimensions:
+            raise ConfigError("at least one dimension is needed")
         if not sources:
             raise ConfigError("at least one source is needed")
         if batch_size < 1:
@@ -119,7 +142,10 @@ class _TokenizedDataModule(pl.LightningDataModule):
             raise ConfigError(f"mixing must be one of {POLICIES}, got {mixing!r}")
         if mixing_weights is not None and mixing != "interleaved":
             raise ConfigError("mixing_weights apply to mixing: interleaved only")
-        self.tokenizer_path = tokenizer
+        try:
+            self.tokenizer_path = check_model_path(tokenizer, f"{type(self).__name__}.tokenizer")
+        except (FileNotFoundError, TypeError) as err:
+            raise ConfigError(str(err)) from None
         self.sources = list(sources)
         self.dimensions = list(dimensions)
         self.tokenization = tokenization or TokenizationSpec()
@@ -145,7 +171,16 @@ class _TokenizedDataModule(pl.LightningDataModule):
 
     # ---- configuration ----------------------------------------------------------------------
 
+    def _check_schemas(self) -> None:
+        """Resolve every source's schema now, so a bad name fails before anything loads."""
+        for spec in self.sources:
+            try:
+                get_schema(spec.schema)
+            except ConfigError as err:
+                raise ConfigError(f"source '{spec.name}': {err}") from None
+
     def _bind(self) -> dict[str, list[BoundDimension]]:
+        self._check_schemas()
         bound = bind_dimensions(self.sources, self.dimensions)
         for name, dims in bound.items():
             if not dims:
@@ -264,6 +299,9 @@ class _TokenizedDataModule(pl.LightningDataModule):
                 )
             self.prepare_data()
         tables, report = load_cached(path)
+        limit = model_max_positions(self.tokenizer_path)  # the model folder holding the tokenizer
+        if limit is not None:
+            check_context(tables, [s.name for s in self.sources], limit, self.tokenization)
         n = len(self.sources)
         train = datasets.concatenate_datasets([tables[f"train_{i}"] for i in range(n)])
         val = datasets.concatenate_datasets([tables[f"validation_{i}"] for i in range(n)])
@@ -321,236 +359,3 @@ class _TokenizedDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-
-class PreferenceDataModule(_TokenizedDataModule):
-    """Preference pairs labelled in one or more dimensions, batched for DPO / reward models.
-
-    YAML (LightningCLI), PKU-SafeRLHF with two dimensions on the same pairs:
-
-        data:
-          class_path: panacea_pl.data.PreferenceDataModule
-          init_args:
-            tokenizer: path/to/tokenizer
-            sources:
-              - {name: pku, schema: pku_saferlhf, path: PKU-Alignment/PKU-SafeRLHF}
-            dimensions:
-              - {name: helpful, source: pku, field: better_response_id}
-              - {name: harmless, source: pku, field: safer_response_id}
-            batch_size: 8
-
-    HH-RLHF, helpful vs harmless (one dimension per source; the public files have a few rows
-    with an empty final turn, hence `on_bad_row: skip`, which counts them in the log):
-
-        data:
-          class_path: panacea_pl.data.PreferenceDataModule
-          init_args:
-            tokenizer: path/to/tokenizer
-            sources:
-              - name: helpful
-                schema: hh_rlhf
-                path: Anthropic/hh-rlhf
-                data_files: [helpful-base/train.jsonl.gz, helpful-online/train.jsonl.gz,
-                             helpful-rejection-sampled/train.jsonl.gz]
-              - {name: harmless, schema: hh_rlhf, path: Anthropic/hh-rlhf, data_dir: harmless-base}
-            dimensions:
-              - {name: helpful, source: helpful, field: chosen}
-              - {name: harmless, source: harmless, field: chosen}
-            mixing: interleaved          # or proportional / per_dimension
-            on_bad_row: skip
-
-    Args:
-        tokenizer: tokenizer path or hub name, loaded with `AutoTokenizer.from_pretrained`.
-        sources: the datasets (see `SourceSpec`).
-        dimensions: the preference dimensions, in the order of `labels` (see `DimensionSpec`).
-        tokenization: template and truncation (see `TokenizationSpec`; default: its defaults).
-        batch_size: pairs per training batch (a batch has 2 × batch_size sequences).
-        eval_batch_size: pairs per validation batch (default: batch_size).
-        val_fraction: share of distinct prompts held out for validation, per source.
-        seed: seed of the split, of the shuffling and of the per-dimension batch order.
-        on_bad_row: `error` — stop at the first bad row with a message naming file, row and
-            field; `skip` — drop bad rows and log how many, by reason.
-        mixing: `proportional`, `interleaved` or `per_dimension` (see `panacea_pl.data.mixing`).
-        mixing_weights: one weight per source for `interleaved` (default: equal turns).
-        cache_dir: where tokenised data (and `datasets`' own cache) go (default:
-            `HF_DATASETS_CACHE`).
-        overwrite_cache: rebuild even when the tokenised data is cached.
-        num_workers: DataLoader workers.
-        pad_to_multiple_of: round the padded length up to a multiple of this.
-    """
-
-    kind = "pairs"
-
-    def __init__(
-        self,
-        tokenizer: str,
-        sources: list[SourceSpec],
-        dimensions: list[DimensionSpec],
-        tokenization: TokenizationSpec | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.05,
-        seed: int = 0,
-        on_bad_row: BadRowPolicy = "error",
-        mixing: MixingPolicy = "proportional",
-        mixing_weights: list[float] | None = None,
-        cache_dir: str | None = None,
-        overwrite_cache: bool = False,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-    ) -> None:
-        if not dimensions:
-            raise ConfigError("at least one dimension is needed")
-        super().__init__(
-            tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
-            val_fraction, seed, on_bad_row, mixing, mixing_weights, cache_dir, overwrite_cache,
-            num_workers, pad_to_multiple_of,
-        )  # fmt: skip
-
-    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
-        return pair_records(
-            spec, self.bound[spec.name], self.num_dimensions, self.on_bad_row, self.cache_dir
-        )
-
-    def _tokenize(
-        self, table: datasets.Dataset, encoder: TextEncoder
-    ) -> tuple[datasets.Dataset, dict[str, int]]:
-        return tokenize_pairs(table, encoder)
-
-    def _collator(self) -> PreferenceCollator:
-        return PreferenceCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
-
-
-class SFTDataModule(_TokenizedDataModule):
-    """Prompt + target sequences, one target per dimension, for Panacea-SFT.
-
-    Sources of schema `sft` give their target columns (`DimensionSpec.field` = the column);
-    preference-pair sources give the preferred response of each dimension that labels a pair.
-    Groups for `mixing` are the dimensions (`per_dimension`: each batch serves one dimension).
-
-        data:
-          class_path: panacea_pl.data.SFTDataModule
-          init_args:
-            tokenizer: path/to/tokenizer
-            sources: [{name: pku, schema: pku_saferlhf, path: pku.jsonl}]
-            dimensions:
-              - {name: helpful, source: pku, field: better_response_id}
-              - {name: harmless, source: pku, field: safer_response_id}
-
-    Args:
-        tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
-        val_fraction, seed, on_bad_row, mixing, cache_dir, overwrite_cache, num_workers,
-        pad_to_multiple_of: as for `PreferenceDataModule` (batch_size counts sequences).
-        mixing_weights: one weight per dimension for `interleaved`.
-    """
-
-    kind = "sft"
-
-    def __init__(
-        self,
-        tokenizer: str,
-        sources: list[SourceSpec],
-        dimensions: list[DimensionSpec],
-        tokenization: TokenizationSpec | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.05,
-        seed: int = 0,
-        on_bad_row: BadRowPolicy = "error",
-        mixing: MixingPolicy = "proportional",
-        mixing_weights: list[float] | None = None,
-        cache_dir: str | None = None,
-        overwrite_cache: bool = False,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-    ) -> None:
-        if not dimensions:
-            raise ConfigError("at least one dimension is needed")
-        super().__init__(
-            tokenizer, sources, dimensions, tokenization, batch_size, eval_batch_size,
-            val_fraction, seed, on_bad_row, mixing, mixing_weights, cache_dir, overwrite_cache,
-            num_workers, pad_to_multiple_of,
-        )  # fmt: skip
-
-    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
-        return sft_records(
-            spec, self.bound[spec.name], self.num_dimensions, self.on_bad_row, self.cache_dir
-        )
-
-    def _groups(self, source_index: int, table: datasets.Dataset) -> list[int]:
-        return list(table["dimension"])
-
-    def _tokenize(
-        self, table: datasets.Dataset, encoder: TextEncoder
-    ) -> tuple[datasets.Dataset, dict[str, int]]:
-        return tokenize_sft(table, encoder)
-
-    def _collator(self) -> SFTCollator:
-        return SFTCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
-
-
-class PromptDataModule(_TokenizedDataModule):
-    """Distinct prompts of any source, left-padded for generation (PPO rollouts).
-
-        data:
-          class_path: panacea_pl.data.PromptDataModule
-          init_args:
-            tokenizer: path/to/tokenizer
-            sources: [{name: hh, schema: hh_rlhf, path: hh/test.jsonl.gz}]
-            dimension_names: [helpful, harmless]
-
-    Args:
-        tokenizer: tokenizer path or hub name.
-        sources: the datasets; any schema (its prompt column, or HH-RLHF's shared prefix).
-        dimension_names: the dimensions of the rewards the prompts are rolled out for (only
-            exposed as `dimension_names` / `num_dimensions`; prompts carry no labels).
-        tokenization: template and prompt truncation (`max_prompt_length`).
-        batch_size, eval_batch_size, val_fraction, seed, on_bad_row, cache_dir,
-        overwrite_cache, num_workers, pad_to_multiple_of: as for `PreferenceDataModule`.
-    """
-
-    kind = "prompts"
-
-    def __init__(
-        self,
-        tokenizer: str,
-        sources: list[SourceSpec],
-        dimension_names: list[str] | None = None,
-        tokenization: TokenizationSpec | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.0,
-        seed: int = 0,
-        on_bad_row: BadRowPolicy = "error",
-        cache_dir: str | None = None,
-        overwrite_cache: bool = False,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-    ) -> None:
-        self._names = list(dimension_names or [])
-        super().__init__(
-            tokenizer, sources, [], tokenization, batch_size, eval_batch_size, val_fraction,
-            seed, on_bad_row, "proportional", None, cache_dir, overwrite_cache, num_workers,
-            pad_to_multiple_of,
-        )  # fmt: skip
-
-    def _bind(self) -> dict[str, list[BoundDimension]]:
-        return bind_dimensions(self.sources, [])
-
-    @property
-    def dimension_names(self) -> list[str]:
-        return list(self._names)
-
-    def _records(self, spec: SourceSpec) -> tuple[datasets.Dataset, SourceReport]:
-        return prompt_records(spec, self.on_bad_row, self.cache_dir)
-
-    def _tokenize(
-        self, table: datasets.Dataset, encoder: TextEncoder
-    ) -> tuple[datasets.Dataset, dict[str, int]]:
-        return tokenize_prompts(table, encoder)
-
-    def _collator(self) -> PromptCollator:
-        return PromptCollator(pad_token_id(self.tokenizer), self.pad_to_multiple_of)
-
-
-__all__: Sequence[str] = ["PreferenceDataModule", "PromptDataModule", "SFTDataModule"]

@@ -51,12 +51,17 @@ class Where:
         parts: for several files read as one table: `(first row index, description)` of each.
         renamed: `{schema column: column in the file}` (inverse of `SourceSpec.columns`).
         source: the `SourceSpec.name`.
+        removed: per part description, file rows dropped while reading (e.g. not UTF-8), so
+            that later rows keep their file row numbers in messages.
+        skipped: rows dropped while reading, by reason (counted by `RowIssues`).
     """
 
     description: str
     parts: Sequence[tuple[int, str]] = ()
     renamed: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def row(self, index: int) -> str:
         """`file 'x', row 12` for the row at `index` of the (concatenated) table."""
@@ -64,6 +69,9 @@ class Where:
         for start, part_desc in self.parts:
             if index >= start:
                 desc, local = part_desc, index - start
+        for dropped in self.removed.get(desc, ()):
+            if dropped <= local:
+                local += 1
         return f"{desc}, row {local}"
 
     def field_name(self, column: str) -> str:
@@ -82,7 +90,9 @@ class RowIssues:
             raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {policy!r}")
         self.policy = policy
         self.where = where
-        self.skipped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter(where.skipped)
+        #: per dimension name, values read as "unrated" (null / N/A): kept, but reported
+        self.unrated: Counter[str] = Counter()
 
     def bad(self, index: int, bad: BadValue) -> None:
         """Handle one bad row: raise `DataError` or count it as skipped."""

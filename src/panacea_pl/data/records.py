@@ -66,7 +66,7 @@ def pair_records(
     if not dims:
         raise ConfigError(f"source '{spec.name}' is not used by any dimension")
     schema.check_dimensions(spec.name, dims)
-    rows, where = _read(spec, cache_dir, rows, where)
+    rows, where = _read(spec, cache_dir, rows, where, on_bad_row)
     issues = RowIssues(on_bad_row, where)
     dropped: Counter[str] = Counter()
     records = schema.pairs(rows, where, dims, num_dimensions, issues, dropped)
@@ -79,6 +79,7 @@ def pair_records(
         skipped=dict(issues.skipped),
         dropped=dict(dropped),
         labelled=count_labels(records, dims),
+        unrated=dict(issues.unrated),
     )
     check_labelled(report, dims, where, "pair")
     _log(report)
@@ -104,12 +105,12 @@ def sft_records(
     if not dims:
         raise ConfigError(f"source '{spec.name}' is not used by any dimension")
     if schema.kind == "sft":
-        rows, where = _read(spec, cache_dir, rows, where)
+        rows, where = _read(spec, cache_dir, rows, where, on_bad_row)
         issues = RowIssues(on_bad_row, where)
         records = schema.sft(rows, where, dims, issues)  # type: ignore[attr-defined]
         report = SourceReport(spec.name, spec.schema, rows=len(rows), skipped=dict(issues.skipped))
     elif schema.kind == "pairs":
-        rows, where = _read(spec, cache_dir, rows, where)
+        rows, where = _read(spec, cache_dir, rows, where, on_bad_row)
         pairs, report = pair_records(spec, dims, num_dimensions, on_bad_row, cache_dir, rows, where)
         records = preferred_targets(pairs, dims)
     else:
@@ -164,7 +165,7 @@ def prompt_records(
 ) -> tuple[datasets.Dataset, SourceReport]:
     """Distinct prompts `{prompt, source}` of one source of any schema, in first-seen order."""
     schema = get_schema(spec.schema)
-    rows, where = _read(spec, cache_dir, rows, where)
+    rows, where = _read(spec, cache_dir, rows, where, on_bad_row)
     issues = RowIssues(on_bad_row, where)
     prompts = schema.prompts(rows, where, issues)
     unique = list(dict.fromkeys(prompts))
@@ -188,9 +189,10 @@ def _read(
     cache_dir: str | None,
     rows: datasets.Dataset | None,
     where: Where | None,
+    on_bad_row: BadRowPolicy = "error",
 ) -> tuple[datasets.Dataset, Where]:
     if rows is None:
-        return load_source(spec, cache_dir)
+        return load_source(spec, cache_dir, on_bad_row)
     where = where or Where(description=f"rows of source '{spec.name}'")
     where.source = spec.name
     return rows, where

@@ -13,7 +13,6 @@ row within it, then concatenated.
 
 from __future__ import annotations
 
-import codecs
 import glob
 import gzip
 import json
@@ -24,7 +23,9 @@ from typing import Any
 
 import datasets
 
+from panacea_pl.data.cache import disk_full_error, is_disk_full
 from panacea_pl.data.config import SourceSpec
+from panacea_pl.data.encoding import find_invalid_utf8, rows_to_drop, utf8_prefix
 from panacea_pl.data.errors import DataError, Where
 
 #: file ending → `datasets` packaged builder
@@ -39,12 +40,16 @@ FORMATS: dict[str, str] = {
 _SNIFF_BYTES = 1 << 16
 
 
-def load_source(spec: SourceSpec, cache_dir: str | None = None) -> tuple[datasets.Dataset, Where]:
+def load_source(
+    spec: SourceSpec, cache_dir: str | None = None, on_bad_row: str = "error"
+) -> tuple[datasets.Dataset, Where]:
     """Read a source's rows (renamed by `spec.columns`, cut to `spec.max_rows`).
 
     Args:
         spec: the source.
         cache_dir: `datasets` cache folder (default: the `datasets` default).
+        on_bad_row: "skip" drops JSON Lines rows that are not UTF-8 (counted in
+            `Where.skipped`); "error" raises on the first.
 
     Returns:
         The rows as a `datasets.Dataset` and a `Where` that names files and rows in messages.
@@ -57,7 +62,7 @@ def load_source(spec: SourceSpec, cache_dir: str | None = None) -> tuple[dataset
     if files is None:
         rows, where = _load_hub(spec, cache_dir)
     else:
-        rows, where = _load_files(files, cache_dir)
+        rows, where = _load_files(files, cache_dir, on_bad_row)
     where.source = spec.name
     if len(rows) == 0:
         raise DataError(f"source '{spec.name}': {where.description} has no rows")
@@ -170,10 +175,11 @@ def check_file(path: str) -> None:
                 f"PAR1; first bytes {head[:8]!r})"
             )
         return
-    text = _utf8_prefix(head)
-    if text is None:
+    text = utf8_prefix(head)
+    if text is None:  # a bad byte in the first line: not a text file at all
         raise DataError(
-            f"file '{path}': not UTF-8 text; expected {'JSON' if builder == 'json' else 'CSV'}"
+            f"file '{path}': not UTF-8 text ({find_invalid_utf8(path, limit=1)[0].describe(rows=False)}); "
+            f"expected {'JSON' if builder == 'json' else 'CSV'} in UTF-8"
         )
     if builder == "json":
         stripped = text.lstrip("\ufeff \t\r\n")
@@ -264,17 +270,24 @@ def _has_data_ending(name: str) -> bool:
     return any(name.lower().endswith(ending) for ending in FORMATS)
 
 
-def _load_files(files: Sequence[str], cache_dir: str | None) -> tuple[datasets.Dataset, Where]:
+def _load_files(
+    files: Sequence[str], cache_dir: str | None, on_bad_row: str = "error"
+) -> tuple[datasets.Dataset, Where]:
     tables: list[datasets.Dataset] = []
     parts: list[tuple[int, str]] = []
+    removed: dict[str, list[int]] = {}
     start = 0
     for f in files:
-        table = _load_file(f, cache_dir)
+        table, dropped = _load_file(f, cache_dir, on_bad_row)
+        if dropped:
+            removed[f"file '{f}'"] = dropped
         parts.append((start, f"file '{f}'"))
         start += len(table)
         tables.append(table)
+    skipped = {"not UTF-8 text (whole row)": sum(map(len, removed.values()))} if removed else {}
     if len(tables) == 1:
-        return tables[0], Where(description=f"file '{files[0]}'")
+        where = Where(description=f"file '{files[0]}'", removed=removed, skipped=skipped)
+        return tables[0], where
     columns = [set(t.column_names) for t in tables]
     if any(c != columns[0] for c in columns[1:]):
         listing = "; ".join(f"'{f}': {sorted(c)}" for f, c in zip(files, columns, strict=True))
@@ -287,17 +300,29 @@ def _load_files(files: Sequence[str], cache_dir: str | None) -> tuple[datasets.D
             f"cannot be read as one table ({type(err).__name__}: {_first_line(err)}); make each "
             "column hold one type in every file"
         ) from None
-    return rows, Where(description=f"{len(files)} files ({files[0]}, ...)", parts=parts)
+    where = Where(
+        description=f"{len(files)} files ({files[0]}, ...)",
+        parts=parts,
+        removed=removed,
+        skipped=skipped,
+    )
+    return rows, where
 
 
-def _load_file(path: str, cache_dir: str | None) -> datasets.Dataset:
+def _load_file(
+    path: str, cache_dir: str | None, on_bad_row: str = "error"
+) -> tuple[datasets.Dataset, list[int]]:
+    """The file's rows, and the rows dropped for bytes that are not UTF-8 (under skip)."""
     check_file(path)
     builder = data_format(path)
+    dropped = rows_to_drop(path, builder, on_bad_row)
     try:
         table = datasets.load_dataset(
             builder, data_files=[os.path.abspath(path)], split="train", cache_dir=cache_dir
         )
     except Exception as err:  # noqa: BLE001 - every failure inside `datasets` gets named
+        if is_disk_full(err):
+            raise disk_full_error(_datasets_cache(cache_dir), f"the rows of '{path}'", err) from err
         detail = diagnose_json(path) if builder == "json" else None
         cause = err.__cause__ or err
         if detail is None:
@@ -305,7 +330,9 @@ def _load_file(path: str, cache_dir: str | None) -> datasets.Dataset:
         raise DataError(
             f"file '{path}' could not be read as {_describe(builder)}: {detail}"
         ) from None
-    return table
+    if dropped:
+        table = table.select(sorted(set(range(len(table))) - set(dropped)))
+    return table, dropped
 
 
 def _load_hub(spec: SourceSpec, cache_dir: str | None) -> tuple[datasets.Dataset, Where]:
@@ -328,12 +355,18 @@ def _load_hub(spec: SourceSpec, cache_dir: str | None) -> tuple[datasets.Dataset
             cache_dir=cache_dir,
         )
     except Exception as err:  # noqa: BLE001 - every failure inside `datasets` gets named
+        if is_disk_full(err):
+            raise disk_full_error(_datasets_cache(cache_dir), desc, err) from err
         raise DataError(
             f"source '{spec.name}': could not load {desc}: {type(err).__name__}: "
             f"{_first_line(err)}. (No local file of that name exists either; offline runs need "
             "local files or a filled `datasets` cache.)"
         ) from err
     return rows, Where(description=desc)
+
+
+def _datasets_cache(cache_dir: str | None) -> str:
+    return cache_dir or str(datasets.config.HF_DATASETS_CACHE)
 
 
 def _describe(builder: str) -> str:
@@ -347,14 +380,6 @@ def _describe(builder: str) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-def _utf8_prefix(data: bytes) -> str | None:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        return decoder.decode(data, final=False)
-    except UnicodeDecodeError:
-        return None
 
 
 def _chain(first: list[str], rest: Any):

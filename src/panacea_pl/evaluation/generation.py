@@ -11,7 +11,9 @@ Prompts come from a list of strings, a JSON-lines file (`load_prompts`), or a da
 held-out set (`datamodule_prompt_ids`). Generation uses the policy's `generate` with the λ rows
 of each chunk, or its `reference()` (for Panacea: the adapter disabled, i.e. the base model). A
 policy that takes one λ per batch (`per_sample_preference` False: the baselines' collections)
-gets chunks that never mix two λ (give `group_size`, the rows per λ). A response is the generated
+gets chunks that never mix two λ (give `group_size`, the rows per λ). With `noise_keys` sampling
+uses common random numbers (`panacea_pl.evaluation.crn`); with `plan` only one rank's share of
+the rows is generated (`panacea_pl.evaluation.sharding`). A response is the generated
 tokens up to the first stop token (the generation config's and the tokenizer's EOS), stop
 excluded. Texts
 are decoded with special tokens kept (a chat template's markers stay) except the prompt's leading
@@ -29,9 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from panacea_pl.data.config import TokenizationSpec
 from panacea_pl.data.tokenize import TextEncoder, pad_token_id
+from panacea_pl.evaluation.crn import GumbelSampler
+from panacea_pl.evaluation.sharding import ShardPlan, shard_plan
 from panacea_pl.models.policy import PreferencePolicy
 
 
@@ -120,6 +125,8 @@ def generate_rows(
     group_size: int | None = None,
     progress: bool = True,
     desc: str = "generating",
+    noise_keys: torch.Tensor | None = None,
+    plan: ShardPlan | None = None,
     **generate_kwargs,
 ) -> Generations:
     """Generate one response per row, at most `max_rows` rows per `generate` call.
@@ -134,10 +141,17 @@ def generate_rows(
             `per_sample_preference` is False, chunks end at every group boundary.
         progress: show a tqdm bar over the chunks.
         desc: the bar's label.
+        noise_keys: [N] int64 sampling-noise keys (`panacea_pl.evaluation.crn.row_keys`): with
+            `do_sample`, row i is sampled by keyed Gumbel-max from its key alone (common random
+            numbers: the same key gives the same draw at any λ, in any batch).
+        plan: this rank's rows and chunks (`panacea_pl.evaluation.sharding.shard_plan` over the
+            N rows); only its rows are generated and returned. Default: every row, one process.
         **generate_kwargs: passed to `generate` (`max_new_tokens`, `do_sample`, …).
     """
     if preferences is not None and len(preferences) != len(prompt_ids):
         raise ValueError(f"{len(prompt_ids)} prompt rows but {len(preferences)} preference rows")
+    if noise_keys is not None and len(noise_keys) != len(prompt_ids):
+        raise ValueError(f"{len(prompt_ids)} prompt rows but {len(noise_keys)} noise keys")
     device = next(policy.model.parameters()).device
     pad = pad_token_id(tokenizer)
     stops = stop_ids(policy, tokenizer)
@@ -145,21 +159,39 @@ def generate_rows(
     per_sample = preferences is None or getattr(policy, "per_sample_preference", True)
     if not per_sample and group_size is None:
         raise ValueError("a policy without per-sample λ needs group_size (rows per λ)")
-    chunks = row_chunks(len(prompt_ids), max_rows, None if per_sample else group_size)
+    if plan is None:
+        plan = shard_plan(len(prompt_ids), max_rows, None if per_sample else group_size, 0, 1)
+    keyed = noise_keys is not None and generate_kwargs.get("do_sample", False)
     responses: list[list[int]] = []
-    for start, stop in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        input_ids, attention_mask = _left_pad(prompt_ids[start:stop], pad)
+    for chunk in tqdm(plan.chunks, desc=desc, disable=not progress, leave=False):
+        input_ids, attention_mask = _left_pad(prompt_ids[chunk.start : chunk.stop], pad)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        kwargs = generate_kwargs
+        if keyed:
+            kwargs = _keyed(generate_kwargs, noise_keys[chunk.start : chunk.stop], input_ids)
         if preferences is None:
             with policy.reference():
                 out = policy.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
+                    input_ids=input_ids, attention_mask=attention_mask, **kwargs
                 )
         else:
-            rows = preferences[start:stop].to(device)
-            out = policy.generate(input_ids, attention_mask, preference=rows, **generate_kwargs)
-        responses += [_cut(row, stops) for row in out[:, input_ids.shape[1] :].cpu().tolist()]
-    return _decode(tokenizer, prompt_ids, responses)
+            rows = preferences[chunk.start : chunk.stop].to(device)
+            out = policy.generate(input_ids, attention_mask, preference=rows, **kwargs)
+        if chunk.keep:
+            responses += [_cut(row, stops) for row in out[:, input_ids.shape[1] :].cpu().tolist()]
+    return _decode(tokenizer, prompt_ids[plan.start : plan.stop], responses)
+
+
+def _keyed(kwargs: dict, keys: torch.Tensor, input_ids: torch.Tensor) -> dict:
+    """`generate` arguments that sample by keyed Gumbel-max instead of the global generator."""
+    rest = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature", "top_p")}
+    if rest.pop("top_k", 0) not in (0, None):
+        raise ValueError("keyed sampling supports temperature and top_p, not top_k")
+    sampler = GumbelSampler(
+        keys, input_ids.shape[1], kwargs.get("temperature", 1.0), kwargs.get("top_p", 1.0)
+    )
+    processors = LogitsProcessorList([*rest.pop("logits_processor", []), sampler])
+    return rest | {"do_sample": False, "logits_processor": processors}
 
 
 def row_chunks(total: int, size: int, boundary: int | None = None) -> list[tuple[int, int]]:

@@ -1,7 +1,8 @@
 """Evaluator (c): per-dimension implicit-reward accuracy on held-out pairs — no generation.
 
-For each λ of the grid, the DPO implicit reward r_λ(y) = β (log π_λ(y) − log π_ref(y)) ranks
-each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
+For each λ of the grid, the module's loss gives each response its implicit reward
+(`PreferenceLoss.implicit_rewards`: β (log π_λ(y) − log π_ref(y)) for DPO, β log π_λ(y) for a
+reference-free loss, which then needs no reference pass), and that ranks each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
 evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk. A policy that
 takes one λ per forward pass (`per_sample_preference` False: the baselines' policy collections)
 gets chunks of one λ.
@@ -38,7 +39,7 @@ class ImplicitRewardEvaluator:
 
     @torch.no_grad()
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
-        policy, beta = module.policy, module.loss.beta
+        policy, loss = module.policy, module.loss
         grid = preferences.to(module.device)
         correct = torch.zeros(len(grid), policy.num_preferences, dtype=torch.float64)
         margin = torch.zeros_like(correct)
@@ -50,9 +51,10 @@ class ImplicitRewardEvaluator:
             batch = {k: v.to(module.device) for k, v in batch.items() if torch.is_tensor(v)}
             b = batch["labels"].shape[0]
             signs = torch.sign(batch["labels"]).double().cpu()  # [B, m]
-            with policy.reference():
-                reference = policy.sequence_logprobs(batch).double().cpu()
-            ref_h = reference[:b] - reference[b:]
+            reference = None
+            if not loss.is_reference_free:
+                with policy.reference():
+                    reference = policy.sequence_logprobs(batch).double().cpu()
             chunk = max(1, self.max_rows // (2 * b)) if policy.per_sample_preference else 1
             for start in range(0, len(grid), chunk):
                 lams = grid[start : start + chunk]
@@ -61,8 +63,10 @@ class ImplicitRewardEvaluator:
                 # rows: for each λ, its B a-responses then its B b-responses
                 rows = lams.repeat_interleave(2 * b, dim=0)
                 with policy.preference(rows):
-                    logps = policy.sequence_logprobs(repeated).double().cpu().view(g, 2, b)
-                h = beta * ((logps[:, 0] - logps[:, 1]) - ref_h)  # [g, B]
+                    logps = policy.sequence_logprobs(repeated).double().cpu()
+                ref = None if reference is None else reference.repeat(g)
+                rewards = loss.implicit_rewards(logps, ref).view(g, 2, b)
+                h = rewards[:, 0] - rewards[:, 1]  # [g, B]: implicit reward of a minus b
                 signed = h[:, :, None] * signs[None]  # [g, B, m]
                 labelled = signs[None] != 0
                 correct[start : start + g] += ((signed > 0) & labelled).sum(1)

@@ -49,6 +49,11 @@ def _plot_2d(result: FrontResult):
             xytext=(4, 4),
             fontsize=7,
         )
+    if result.base is not None and np.isfinite(result.base).all():
+        ax.scatter(
+            [result.base[0]], [result.base[1]], marker="s", color="tab:red", zorder=4,
+            label="base model (every λ)",
+        )  # fmt: skip
     ref = result.reference_point
     ax.scatter([ref[0]], [ref[1]], marker="x", color="0.3", label="hypervolume reference")
     _label_axes(ax, result)
@@ -64,6 +69,8 @@ def _plot_3d(result: FrontResult):
     if result.optimum is not None:
         ax.scatter(*result.optimum.T, marker="x", color="0.5", label="optimal front")
     ax.scatter(*obj.T, c=result.preferences, depthshade=False, label="f(λ) (colour = λ)")
+    if result.base is not None and np.isfinite(result.base).all():
+        ax.scatter(*result.base[:, None], marker="s", color="tab:red", label="base model")
     ax.set_xlabel(result.objective_names[0])
     ax.set_ylabel(result.objective_names[1])
     ax.set_zlabel(result.objective_names[2])

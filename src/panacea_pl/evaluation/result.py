@@ -26,6 +26,7 @@ class FrontResult:
         columns: further per-λ columns (standard errors, KL, regret, …) for tables and CSV.
         summary: further scalars (e.g. the hypervolume ratio to a known optimum, mean regret).
         optimum: [G', m] the optimal front where the evaluator knows it (plotted beside ours).
+        base: [m] the base model's point (the reference policy, which ignores λ), if measured.
     """
 
     preferences: np.ndarray
@@ -38,13 +39,14 @@ class FrontResult:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     optimum: np.ndarray | None = None
+    base: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         """Hypervolume ↑, inner product ↑, sparsity ↓, spacing ↓, plus `summary`."""
         lam = torch.as_tensor(self.preferences, dtype=torch.float64)
         obj = torch.as_tensor(self.objectives, dtype=torch.float64)
-        # this front is one process's (ParetoSweep evaluates on rank zero): no sync across ranks,
-        # which would wait forever under DDP for ranks that never compute it
+        # the front is whole on the rank that computes the metrics (sharded sweeps gather it
+        # first; unsharded ones run on rank zero alone): a sync would wait on absent ranks
         local = {"sync_on_compute": False}
         metrics = {
             "hypervolume": Hypervolume(self.reference_point, self.maximize, **local),

@@ -42,7 +42,13 @@ point and upper = lower + 1, i.e. the mean λ-weighted gain over the reference i
 
 **Decoding.** Greedy by default (deterministic, so a front does not move between sweeps by
 sampling noise, and chunking does not change a response); `do_sample=True` samples with
-`temperature`/`top_p`, seeded with `seed` at every sweep.
+`temperature`/`top_p` on common random numbers (`panacea_pl.evaluation.crn`): row k of every λ
+and of the base model (prompt k, sample k) shares one noise key derived from `seed`, so a policy
+that ignores λ gives one point, the columns `"{objective} - base"` (with `"… - base se"`) are
+paired differences, and a sweep is the same at every call, in any chunking, on any number of
+ranks. **Ranks.** Under DDP every rank calls `evaluate` (`shard`, the default): it generates and
+scores its share of the rows (`panacea_pl.evaluation.sharding`), and all ranks get the gathered
+front.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import numpy as np
 import torch
 
 from panacea_pl.data.config import TokenizationSpec
+from panacea_pl.evaluation.crn import row_keys
 from panacea_pl.evaluation.generation import (
     Generations,
     datamodule_prompt_ids,
@@ -63,6 +70,7 @@ from panacea_pl.evaluation.generation import (
     load_prompts,
 )
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.evaluation.sharding import gather, shard_plan
 from panacea_pl.models.reward import ScorerOutput, VectorRewardModel
 
 log = logging.getLogger(__name__)
@@ -157,6 +165,8 @@ class RewardModelEvaluator:
         lower, upper: [m] the inner product's range (default: reference, reference + 1).
         scorer_dtype: dtype to load the scorer in.
         progress: show progress bars.
+        shard: under DDP, every rank generates and scores its share of the rows (`ParetoSweep`
+            then calls `evaluate` on every rank); False: rank zero does all of them.
     """
 
     def __init__(
@@ -181,6 +191,7 @@ class RewardModelEvaluator:
         upper: list[float] | None = None,
         scorer_dtype: str = "float32",
         progress: bool = True,
+        shard: bool = True,
     ):
         if samples_per_prompt < 1 or max_rows < 1 or max_new_tokens < 1:
             raise ValueError("samples_per_prompt, max_rows and max_new_tokens must be at least 1")
@@ -197,6 +208,7 @@ class RewardModelEvaluator:
         if do_sample:
             self.generate_kwargs |= {"temperature": temperature, "top_p": top_p, "top_k": 0}
         self.seed = seed
+        self.distributed = shard  # ParetoSweep: every rank calls `evaluate`
         self.max_rows = max_rows
         self.score_batch_size = score_batch_size
         self.reference_point = reference_point
@@ -253,23 +265,32 @@ class RewardModelEvaluator:
         self._place_scorer(module.device)
 
         rows = grid.repeat_interleave(k, 0)  # λ-major: the k prompt rows of λ_0, then λ_1, …
-        generations = self._generate(policy, tokenizer, prompts * len(grid), rows, k, module.device)
-        scores = self._score(generations.texts, sources).view(len(grid), k, -1)
+        generations, scores = self._sweep(policy, tokenizer, prompts * len(grid), rows, k, sources)
+        scores = scores.view(len(grid), k, -1)
         objectives, se = _mean_se(scores)
         self.last_generations = generations
 
+        objective_names = [objective_name(d, s) for d, s in mapping.items()]
+        columns = {f"{n} se": se[:, i] for i, n in enumerate(objective_names)}
         summary = {"mean_response_tokens": float(generations.lengths.mean())}
+        base_point = None
         if self.reference_point is None:
-            base = self._generate(policy, tokenizer, prompts, None, k, module.device, "reference")
-            reference = self._score(base.texts, sources).mean(0).double().numpy()
+            base, base_scores = self._sweep(
+                policy, tokenizer, prompts, None, k, sources, "reference"
+            )
+            reference = base_scores.mean(0).double().numpy()
             summary |= {f"base_{d}": float(v) for d, v in zip(names, reference, strict=True)}
             self.last_base = base
+            base_point = reference
+            # the same prompts and sampling noise: the gain over the base is a paired difference
+            gain, gain_se = _mean_se(scores - base_scores[None])
+            columns |= {f"{n} - base": gain[:, i] for i, n in enumerate(objective_names)}
+            columns |= {f"{n} - base se": gain_se[:, i] for i, n in enumerate(objective_names)}
         else:
             reference = np.asarray(self.reference_point, dtype=np.float64)
         lower = reference if self.lower is None else np.asarray(self.lower, dtype=np.float64)
         upper = lower + 1.0 if self.upper is None else np.asarray(self.upper, dtype=np.float64)
 
-        objective_names = [objective_name(d, s) for d, s in mapping.items()]
         lengths = generations.lengths.reshape(len(grid), k).mean(1)
         return FrontResult(
             preferences=preferences.detach().cpu().numpy(),
@@ -279,9 +300,9 @@ class RewardModelEvaluator:
             reference_point=reference,
             lower=lower,
             upper=upper,
-            columns={f"{n} se": se[:, i] for i, n in enumerate(objective_names)}
-            | {"response_tokens": lengths},
+            columns=columns | {"response_tokens": lengths},
             summary=summary,
+            base=base_point,
         )
 
     def _place_scorer(self, device: torch.device) -> None:
@@ -289,21 +310,34 @@ class RewardModelEvaluator:
         if scorer.score_head.weight.device != device:
             scorer.to(device)
 
-    def _generate(self, policy, tokenizer, prompts, rows, group_size, device, what="λ grid"):
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
-            return generate_rows(
-                policy,
-                tokenizer,
-                prompts,
-                rows,
-                max_rows=self.max_rows,
-                group_size=group_size,
-                progress=self.progress,
-                desc=f"reward-model sweep ({what})",
-                **self.generate_kwargs,
-            )
+    def _sweep(self, policy, tokenizer, prompts, rows, per_lambda, sources, what="λ grid"):
+        """This rank's share of the rows generated and scored, then every rank's gathered:
+        (Generations, scores [N, m]) in row order. Row i's noise key is i mod K (its prompt and
+        sample), so every λ and the base model share the draws."""
+        keys = row_keys(self.seed, torch.arange(len(prompts)) % per_lambda)
+        group_size = None if getattr(policy, "per_sample_preference", True) else per_lambda
+        plan = shard_plan(len(prompts), self.max_rows, group_size, sharded=self.distributed)
+        local = generate_rows(
+            policy,
+            tokenizer,
+            prompts,
+            rows,
+            max_rows=self.max_rows,
+            group_size=group_size,
+            progress=self.progress,
+            desc=f"reward-model sweep ({what})",
+            noise_keys=keys,
+            plan=plan,
+            **self.generate_kwargs,
+        )
+        scores = self._score(local.texts, sources) if local.prompts else None
+        parts = gather([(local, scores)], self.distributed)
+        generations = Generations(
+            [p for g, _ in parts for p in g.prompts],
+            [r for g, _ in parts for r in g.responses],
+            np.concatenate([g.lengths for g, _ in parts]),
+        )
+        return generations, torch.cat([s for _, s in parts if s is not None])
 
     def _score(self, texts: list[str], sources: list[str]) -> torch.Tensor:
         out = self.scorer.score_texts(texts, batch_size=self.score_batch_size)

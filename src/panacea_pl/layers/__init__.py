@@ -4,7 +4,13 @@ from panacea_pl.layers import PanaceaConfig, inject_adapter, save_adapter, load_
 """
 
 from panacea_pl.layers.config import DEFAULT_TARGET_MODULES, PanaceaConfig
-from panacea_pl.layers.io import AdapterLoadError, export_peft, load_adapter, save_adapter
+from panacea_pl.layers.io import (
+    AdapterLoadError,
+    export_peft,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
 from panacea_pl.layers.layer import PanaceaLinear
 from panacea_pl.layers.model import PanaceaAdapter, find_target_modules, inject_adapter
 
@@ -18,5 +24,6 @@ __all__ = [
     "find_target_modules",
     "inject_adapter",
     "load_adapter",
+    "read_adapter_config",
     "save_adapter",
 ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from panacea_pl.checks import dtype_name, resolve_dtype
 
 # Linear layers adapted by default, per `config.model_type` of a Hugging Face model.
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -43,13 +48,7 @@ class PanaceaConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.rank < 0 or self.num_preferences < 1:
-            raise ValueError(
-                f"need rank >= 0 and num_preferences >= 1, got rank={self.rank}, "
-                f"num_preferences={self.num_preferences}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self)
 
     @property
     def total_rank(self) -> int:
@@ -67,6 +66,8 @@ class PanaceaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PanaceaConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a PanaceaConfig must be a mapping of fields, got {data!r}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -74,3 +75,52 @@ class PanaceaConfig:
                 f"unknown PanaceaConfig fields {unknown}; known fields: {sorted(known)}"
             )
         return cls(**data)
+
+
+def _bad(field: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"PanaceaConfig.{field} = {value!r}: expected {expected}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_fields(config: PanaceaConfig) -> None:
+    """Refuse a config that cannot train: each message names the field, value and expectation.
+
+    `dtype` is rewritten to its canonical name ("bf16" → "bfloat16").
+    """
+    if not _is_int(config.rank) or config.rank < 0:
+        raise _bad("rank", config.rank, "an integer >= 0 (k, the general singular values)")
+    if not _is_int(config.num_preferences) or config.num_preferences < 1:
+        raise _bad("num_preferences", config.num_preferences, "an integer >= 1 (m)")
+    alpha = config.alpha
+    if alpha is not None and not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
+        raise _bad(
+            "alpha",
+            alpha,
+            "a finite number > 0 (the scaling c = alpha / (rank + num_preferences); 0 would "
+            "freeze the adapter at the base model) or null for c = 1",
+        )
+    dropout = config.dropout
+    if not (_is_number(dropout) and 0.0 <= dropout < 1.0):
+        raise _bad("dropout", dropout, "a number in [0, 1)")
+    targets = config.target_modules
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as err:
+            raise _bad("target_modules", targets, f"a valid regular expression ({err})") from None
+    elif targets is not None and (
+        not isinstance(targets, list | tuple)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
+    ):
+        raise _bad(
+            "target_modules", targets, "a non-empty list of layer names, a regex string, or null"
+        )
+    config.dtype = dtype_name(resolve_dtype(config.dtype, "PanaceaConfig.dtype"))

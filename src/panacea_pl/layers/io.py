@@ -8,6 +8,7 @@ export_peft(adapter, "runs/x/lora-helpful", preference=[0.8, 0.2])
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from panacea_pl.atomic import atomic_write
 from panacea_pl.layers.config import PanaceaConfig
+from panacea_pl.layers.functional import singular_values
 from panacea_pl.layers.layer import linear_shape
 from panacea_pl.layers.model import PanaceaAdapter, inject_adapter
 from panacea_pl.preference import PreferenceLike, validate_preference
@@ -53,6 +55,7 @@ def save_adapter(adapter: PanaceaAdapter, directory: str | Path) -> Path:
         "base_model_name_or_path": _base_name(adapter),
     }
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
+    meta["sha256"] = _sha256(directory / WEIGHTS_NAME)
     _atomic_write(
         directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
     )
@@ -68,15 +71,29 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> PanaceaAdapte
     """
     directory = Path(directory)
     meta = _read_meta(directory)
-    config = PanaceaConfig.from_dict(meta["config"])
+    config = _config_of(meta, directory / CONFIG_NAME)
     _check_fits(model, meta["layers"], directory)
+    weights = directory / WEIGHTS_NAME
+    expected = meta.get("sha256")
+    if expected is not None and weights.is_file() and _sha256(weights) != expected:
+        raise AdapterLoadError(
+            f"{weights} is truncated or corrupt: its sha256 differs from the one recorded in "
+            f"{directory / CONFIG_NAME} when it was saved (the file was changed or damaged "
+            "since); save the adapter again with save_adapter"
+        )
     try:
-        tensors = load_file(str(directory / WEIGHTS_NAME))
+        tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise AdapterLoadError(
-            f"{directory / WEIGHTS_NAME} is missing, truncated or corrupt ({err}); "
+            f"{weights} is missing, truncated or corrupt ({err}); "
             "save the adapter again with save_adapter"
         ) from err
+    bad = sorted(name for name, t in tensors.items() if not torch.isfinite(t).all())
+    if bad:
+        raise AdapterLoadError(
+            f"{weights} is corrupt: {len(bad)} tensors hold NaN or infinity (e.g. {bad[:3]}); "
+            "expected finite weights"
+        )
     adapter = inject_adapter(model, config)
     params = dict(adapter.named_parameters())
     missing = sorted(set(params) - set(tensors))
@@ -96,20 +113,80 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> PanaceaAdapte
     return adapter
 
 
+def read_adapter_config(directory: str | Path) -> PanaceaConfig:
+    """The `PanaceaConfig` of a saved adapter, read from its JSON alone (no weights, no model).
+
+    Raises:
+        AdapterLoadError: no adapter folder, or a JSON file with missing or invalid fields.
+    """
+    directory = Path(directory)
+    return _config_of(_read_meta(directory), directory / CONFIG_NAME)
+
+
 def _read_meta(directory: Path) -> dict:
     path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise AdapterLoadError(f"adapter folder {directory} does not exist")
     if not path.is_file():
         raise AdapterLoadError(f"no {CONFIG_NAME} in {directory}: not a Panacea adapter folder")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterLoadError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise AdapterLoadError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise AdapterLoadError(
             f"{path}: format_version {meta.get('format_version')!r}, this version reads "
             f"{FORMAT_VERSION}"
         )
+    for field, kind, expected in (
+        ("config", dict, "an object of PanaceaConfig fields"),
+        ("layers", dict, "an object {layer name: [in_features, out_features]}"),
+    ):
+        if field not in meta:
+            raise AdapterLoadError(f"{path}: field '{field}' is missing; expected {expected}")
+        if not isinstance(meta[field], kind):
+            raise AdapterLoadError(
+                f"{path}: field '{field}' = {meta[field]!r}; expected {expected}"
+            )
+    for name, shape in meta["layers"].items():
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        ):
+            raise AdapterLoadError(
+                f"{path}: field 'layers', layer '{name}' = {shape!r}; expected "
+                "[in_features, out_features], two positive integers"
+            )
+    checksum = meta.get("sha256")
+    if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64):
+        raise AdapterLoadError(
+            f"{path}: field 'sha256' = {checksum!r}; expected 64 hex digits (or no field)"
+        )
     return meta
+
+
+def _config_of(meta: dict, path: Path) -> PanaceaConfig:
+    missing = [f for f in ("rank", "num_preferences") if f not in meta["config"]]
+    if missing:
+        raise AdapterLoadError(
+            f"{path}: field 'config' lacks {missing}; expected the PanaceaConfig the adapter was "
+            "saved with (its weights' shapes depend on them)"
+        )
+    try:
+        return PanaceaConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise AdapterLoadError(f"{path}: field 'config': {err}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_fits(model: torch.nn.Module, layers: dict[str, list[int]], directory: Path) -> None:
@@ -136,23 +213,69 @@ def _check_fits(model: torch.nn.Module, layers: dict[str, list[int]], directory:
         )
 
 
-def export_peft(adapter: PanaceaAdapter, directory: str | Path, preference: PreferenceLike) -> Path:
+PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json", "adapter_model.bin", "README.md")
+
+
+def _clear_for_export(directory: Path, overwrite: bool) -> None:
+    """Refuse a non-empty folder, or with `overwrite` remove a previous export's files."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"export_peft: {directory} is a file; expected a folder")
+    present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    if not present:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"export_peft: {directory} is not empty ({present[:5]}); choose a new folder or "
+            "pass overwrite=True to replace a previous export"
+        )
+    foreign = [name for name in present if name not in PEFT_FILES]
+    if foreign:
+        raise FileExistsError(
+            f"export_peft: {directory} holds files that are not a PEFT export ({foreign[:5]}); "
+            "refusing to overwrite it, choose a new folder"
+        )
+    for name in present:
+        (directory / name).unlink()
+
+
+def export_peft(
+    adapter: PanaceaAdapter,
+    directory: str | Path,
+    preference: PreferenceLike,
+    overwrite: bool = False,
+) -> Path:
     """Write a standard PEFT LoRA folder equal to the adapter at one fixed λ.
 
-    With r = k + m and lora_alpha = r (PEFT scaling 1): lora_B = c·U and lora_A = diag(d(λ))·V,
-    so B·A = c·U·diag(d(λ))·V, our update. GPT-2's Conv1D layers get `fan_in_fan_out`.
+    With r = k + m and lora_alpha = r (PEFT scaling 1): lora_B = U and lora_A = diag(c·d(λ))·V
+    (c inside A, where `singular_values` puts it), so B·A = c·U·diag(d(λ))·V, our update.
+    GPT-2's Conv1D layers get `fan_in_fan_out`.
+
+    Args:
+        adapter: the adapter to export.
+        directory: a new or empty folder.
+        preference: λ of shape [m].
+        overwrite: replace a previous export in `directory` (its PEFT files are removed first).
+
+    Raises:
+        FileExistsError: `directory` holds files and `overwrite` is False, or holds files that are
+            not a PEFT export (never deleted).
     """
     directory = Path(directory)
     lam = validate_preference(preference, adapter.num_preferences)
     if lam.dim() != 1:
         raise ValueError("export_peft needs one λ of shape [m]")
+    _clear_for_export(directory, overwrite)
     tensors, conv1d = {}, set()
+    state = adapter.state_dict()  # whole tensors, also from a sharded (FSDP2) model
     with torch.no_grad():
         for name, layer in adapter.layers.items():
-            d = layer.singular_values(lam.to(layer.panacea_scale.device))
+            sigma, scale = state[f"{name}.panacea_sigma"], state[f"{name}.panacea_scale"]
+            lam_l = lam.to(device=scale.device, dtype=scale.dtype)
+            d = singular_values(sigma, scale, lam_l, layer.scaling)
             prefix = f"base_model.model.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = (d[:, None] * layer.panacea_V).contiguous().cpu()
-            tensors[f"{prefix}.lora_B.weight"] = layer.panacea_U.detach().contiguous().cpu()
+            lora_a = d[:, None] * state[f"{name}.panacea_V"]
+            tensors[f"{prefix}.lora_A.weight"] = lora_a.contiguous().cpu()
+            tensors[f"{prefix}.lora_B.weight"] = state[f"{name}.panacea_U"].contiguous().cpu()
             conv1d.add(layer.is_conv1d)
     if len(conv1d) > 1:
         raise ValueError("PEFT needs one fan_in_fan_out for all targets; this model mixes both")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from panacea_pl.checks import resolve_dtype
 from panacea_pl.layers.config import PanaceaConfig
 from panacea_pl.layers.functional import panacea_linear, singular_values
 
@@ -39,6 +40,7 @@ class AdapterState:
     preference: torch.Tensor | None = None  # [m] or [B, m], validated
     enabled: bool = True
     merged_preference: torch.Tensor | None = None
+    repeats: int = 1  # each λ row serves `repeats` consecutive sequences (num_return_sequences)
     layers: dict[str, PanaceaLinear] = field(default_factory=dict, repr=False)
 
 
@@ -67,7 +69,10 @@ class PanaceaLinear(nn.Module):
         object.__setattr__(self, "state", state)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
-        factory = {"device": base_layer.weight.device, "dtype": getattr(torch, config.dtype)}
+        factory = {
+            "device": base_layer.weight.device,
+            "dtype": resolve_dtype(config.dtype, "PanaceaConfig.dtype"),
+        }
         r = config.total_rank
         self.panacea_V = nn.Parameter(torch.empty(r, self.in_features, **factory))
         self.panacea_U = nn.Parameter(torch.zeros(self.out_features, r, **factory))
@@ -106,7 +111,7 @@ class PanaceaLinear(nn.Module):
             )
         lam = state.preference
         if lam.dim() == 2:
-            lam = _repeat_rows(lam, x)
+            lam = _repeat_rows(lam, x, state.repeats)
         if self._fused(x):
             return self._forward_fused(x, lam)
         return self._forward_composed(x, self.singular_values(lam))
@@ -168,17 +173,24 @@ class PanaceaLinear(nn.Module):
         )
 
 
-def _repeat_rows(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _repeat_rows(rows: torch.Tensor, x: torch.Tensor, repeats: int) -> torch.Tensor:
     """Per-sample rows [B, ·] (λ) repeated to one row per sequence of x [N, ..., in].
 
-    N may be a multiple of B (generate with num_return_sequences repeats each row in place).
+    Only when asked: N must be B · repeats, where `repeats` was set with the preference
+    (`adapter.preference(rows, repeats=k)` for generate with num_return_sequences=k).
     """
     b, n = rows.shape[0], x.shape[0]
-    if n == b:
-        return rows
-    if n % b:
-        raise RuntimeError(
-            f"per-sample preference has {b} rows but the batch has {n} sequences; set one "
-            f"λ row per sequence (or a single λ of shape [m] for the whole batch)"
-        )
-    return rows.repeat_interleave(n // b, dim=0)
+    if n == b * repeats:
+        return rows if repeats == 1 else rows.repeat_interleave(repeats, dim=0)
+    hint = (
+        f"; to give each λ row to {n // b} consecutive sequences (generate with "
+        f"num_return_sequences={n // b} or num_beams={n // b}), pass repeats={n // b} with the "
+        "preference"
+        if n % b == 0 and n > b
+        else ""
+    )
+    raise RuntimeError(
+        f"per-sample preference has {b} rows but the batch has {n} sequences (λ shape "
+        f"[{b}, {rows.shape[1]}], repeats={repeats}); set one λ row per sequence, or a single λ "
+        f"of shape [m] for the whole batch{hint}"
+    )

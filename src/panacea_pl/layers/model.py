@@ -18,11 +18,17 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers.pytorch_utils import Conv1D
 
 from panacea_pl.layers.config import DEFAULT_TARGET_MODULES, PanaceaConfig
 from panacea_pl.layers.layer import AdapterState, PanaceaLinear
-from panacea_pl.preference import PreferenceLike, validate_preference
+from panacea_pl.preference import PreferenceError, PreferenceLike, validate_preference
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor shard (FSDP2) is all-gathered, a plain tensor returned as is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def find_target_modules(model: nn.Module, target_modules: list[str] | str | None) -> list[str]:
@@ -126,29 +132,58 @@ class PanaceaAdapter:
         return [p for _, p in self.named_parameters()]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, keyed like `named_parameters`."""
-        return {name: p.detach() for name, p in self.named_parameters()}
+        """Adapter tensors only, keyed like `named_parameters`, whole: the shards of a model
+        sharded with FSDP2 (`fully_shard`) are gathered, so every rank must call this."""
+        return {name: full_tensor(p.detach()) for name, p in self.named_parameters()}
 
     # ---- preference --------------------------------------------------------------------------
 
-    def set_preference(self, preference: PreferenceLike, *, normalize: bool = False) -> None:
+    def set_preference(
+        self,
+        preference: PreferenceLike,
+        *,
+        normalize: bool = False,
+        repeats: int = 1,
+        checked: bool = False,
+    ) -> None:
         """Use λ (shape [m]) for the whole batch, or one row per sequence (shape [B, m]).
+
+        Args:
+            preference: λ, [m] or [B, m].
+            normalize: rescale rows to sum 1 (see `validate_preference`).
+            repeats: each of the B rows serves this many consecutive sequences, so the batch
+                must have B · repeats rows (generate with num_return_sequences or num_beams).
+                Any other batch size is an error, never a silent repetition.
+            checked: λ is a tensor that was validated where it entered (the modules' λ sampler
+                draws it on the simplex): only its shape is checked, so a training step reads
+                no value back from an accelerator (a full check costs three host syncs).
 
         Raises:
             PreferenceError: λ is not on the simplex (see `validate_preference`).
             RuntimeError: the adapter is merged at a different λ.
         """
         device = next(iter(self.layers.values())).panacea_scale.device
-        lam = validate_preference(
-            preference, self.num_preferences, normalize=normalize, device=device
-        )
+        if checked and isinstance(preference, torch.Tensor) and not normalize:
+            if preference.dim() not in (1, 2) or preference.shape[-1] != self.num_preferences:
+                raise PreferenceError(
+                    f"preference must have shape [{self.num_preferences}] or [batch, "
+                    f"{self.num_preferences}], got shape {list(preference.shape)}"
+                )
+            lam = preference.to(device=device, dtype=torch.float32)
+        else:
+            lam = validate_preference(
+                preference, self.num_preferences, normalize=normalize, device=device
+            )
         merged = self.state.merged_preference
         if merged is not None and not (lam.shape == merged.shape and torch.equal(lam, merged)):
             raise RuntimeError(
                 f"adapter is merged at λ={merged.tolist()}; call unmerge() before switching to "
                 f"λ={lam.tolist()}"
             )
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
         self.state.preference = lam
+        self.state.repeats = repeats
 
     @property
     def current_preference(self) -> torch.Tensor | None:
@@ -156,14 +191,21 @@ class PanaceaAdapter:
         return self.state.preference
 
     @contextmanager
-    def preference(self, preference: PreferenceLike, *, normalize: bool = False) -> Iterator[None]:
-        """Use λ inside the block, then restore the previous one."""
-        previous = self.state.preference
-        self.set_preference(preference, normalize=normalize)
+    def preference(
+        self,
+        preference: PreferenceLike,
+        *,
+        normalize: bool = False,
+        repeats: int = 1,
+        checked: bool = False,
+    ) -> Iterator[None]:
+        """Use λ inside the block (arguments as `set_preference`), then restore the previous one."""
+        previous = self.state.preference, self.state.repeats
+        self.set_preference(preference, normalize=normalize, repeats=repeats, checked=checked)
         try:
             yield
         finally:
-            self.state.preference = previous
+            self.state.preference, self.state.repeats = previous
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from panacea_pl.checks import check_model_path, resolve_dtype
 from panacea_pl.layers import PanaceaConfig, inject_adapter
 from panacea_pl.preference import PreferenceLike
 
@@ -52,7 +53,10 @@ class PanaceaCritic(nn.Module):
     ):
         super().__init__()
         self.model_name_or_path = model_name_or_path
-        self.backbone = AutoModel.from_pretrained(model_name_or_path, dtype=getattr(torch, dtype))
+        name = type(self).__name__
+        torch_dtype = resolve_dtype(dtype, f"{name}.dtype")
+        check_model_path(model_name_or_path, f"{name}.model_name_or_path")
+        self.backbone = AutoModel.from_pretrained(model_name_or_path, dtype=torch_dtype)
         if disable_dropout:
             for module in self.backbone.modules():
                 if isinstance(module, nn.Dropout):

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from panacea_pl.layers import PanaceaConfig, inject_adapter, load_adapter
+from panacea_pl.checks import check_model_path, resolve_dtype
+from panacea_pl.layers import PanaceaConfig, inject_adapter, load_adapter, read_adapter_config
+from panacea_pl.layers.io import CONFIG_NAME
 from panacea_pl.models.logprobs import sequence_logprobs
 from panacea_pl.preference import PreferenceLike
 
@@ -70,9 +73,10 @@ class PanaceaPolicy(nn.Module):
 
     Args:
         model_name_or_path: a Hugging Face model folder or hub name (`from_pretrained`).
-        adapter: shape and placement of a new adapter (ignored when `adapter_path` is given).
+        adapter: shape and placement of a new adapter. With `adapter_path` too, its rank and
+            num_preferences must equal the saved adapter's.
         adapter_path: a folder written by `save_adapter`, to continue from or evaluate.
-        dtype: dtype of the base weights ("float32", "bfloat16", "float16").
+        dtype: dtype of the base weights ("float32", "bfloat16"/"bf16", "float16"/"fp16", …).
         gradient_checkpointing: trade compute for activation memory.
         disable_dropout: set the base model's dropout to 0, so the policy and its reference
             (the same model, adapter off) see the same network, as DPO assumes (TRL does the
@@ -89,10 +93,13 @@ class PanaceaPolicy(nn.Module):
         disable_dropout: bool = True,
     ):
         super().__init__()
+        name = type(self).__name__
+        torch_dtype = resolve_dtype(dtype, f"{name}.dtype")
+        check_model_path(model_name_or_path, f"{name}.model_name_or_path")
+        if adapter_path is not None:
+            check_adapter_agrees(adapter, adapter_path)
         self.model_name_or_path = model_name_or_path
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_name_or_path, dtype=getattr(torch, dtype)
-        )
+        self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype)
         if disable_dropout:
             for module in self.model.modules():
                 if isinstance(module, nn.Dropout):
@@ -154,8 +161,43 @@ class PanaceaPolicy(nn.Module):
         preference: PreferenceLike,
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Generate with λ of shape [m] (all rows) or [B, m] (one per row) in one batched call."""
-        with self.adapter.preference(preference):
+        """Generate with λ of shape [m] (all rows) or [B, m] (one per prompt row) in one batched
+        call; with num_return_sequences / num_beams, each λ row serves all of its prompt's
+        sequences."""
+        config = getattr(self.model, "generation_config", None)
+        # generate expands each prompt to max(num_beams, num_return_sequences) sequences
+        repeats = max(
+            int(generate_kwargs.get(key) or getattr(config, key, 1) or 1)
+            for key in ("num_return_sequences", "num_beams")
+        )
+        with self.adapter.preference(preference, repeats=repeats):
             return self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
             )
+
+
+def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> PanaceaConfig:
+    """Read a saved adapter's config and refuse one that contradicts the `adapter` also given.
+
+    Compared: rank, num_preferences, alpha, dropout and dtype (target_modules are saved as full
+    layer names and checked against the model when the adapter loads).
+
+    Raises:
+        AdapterLoadError: `adapter_path` is not a readable adapter folder.
+        ValueError: a field differs; the message names both values and the file.
+    """
+    saved = read_adapter_config(adapter_path)
+    if adapter is None:
+        return saved
+    differ = [
+        f"{field} {getattr(adapter, field)!r} (adapter) vs {getattr(saved, field)!r} (saved)"
+        for field in ("num_preferences", "rank", "alpha", "dropout", "dtype")
+        if getattr(adapter, field) != getattr(saved, field)
+    ]
+    if differ:
+        raise ValueError(
+            f"the adapter saved in {Path(adapter_path) / CONFIG_NAME} contradicts the `adapter` "
+            f"config given with it: {'; '.join(differ)}. Make them agree, or drop `adapter` to "
+            "use the saved one's config"
+        )
+    return saved

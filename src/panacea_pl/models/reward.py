@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from panacea_pl.checks import check_model_path, resolve_dtype
+
 HEADS_NAME = "heads.safetensors"
 META_NAME = "scorer_config.json"
 
@@ -49,7 +51,10 @@ class VectorRewardModel(nn.Module):
         super().__init__()
         self.model_name_or_path = model_name_or_path
         self.dimension_names = list(dimension_names)
-        self.backbone = AutoModel.from_pretrained(model_name_or_path, dtype=getattr(torch, dtype))
+        name = type(self).__name__
+        torch_dtype = resolve_dtype(dtype, f"{name}.dtype")
+        check_model_path(model_name_or_path, f"{name}.model_name_or_path")
+        self.backbone = AutoModel.from_pretrained(model_name_or_path, dtype=torch_dtype)
         self.backbone.train()  # from_pretrained returns eval mode; the Trainer decides the mode
         hidden = self.backbone.config.hidden_size
         self.score_head = nn.Linear(hidden, len(self.dimension_names))

@@ -22,6 +22,16 @@ from panacea_pl.preference import DirichletSampler
 
 SAMPLER_STATE_KEY = "panacea_preference_sampler"
 ADAPTER_CONFIG_KEY = "panacea_adapter_config"
+# Module names that FSDP (1) and activation checkpointing insert into parameter names, and that
+# their state dicts leave out: a checkpoint's keys are the names without them.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def state_dict_name(name: str) -> str:
+    """A parameter's name as a state dict keys it, without the wrappers' module names."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -245,7 +255,7 @@ class PanaceaModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # remove_duplicate=False: a tied weight (lm_head = embed_tokens) is frozen under both names
         params = self.named_parameters(remove_duplicate=False)
-        frozen = {name for name, p in params if not p.requires_grad}
+        frozen = {state_dict_name(name) for name, p in params if not p.requires_grad}
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k not in frozen
         }
@@ -253,7 +263,7 @@ class PanaceaModule(pl.LightningModule):
         checkpoint[ADAPTER_CONFIG_KEY] = self.policy.adapter.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        trained = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        trained = {state_dict_name(n): p for n, p in self.named_parameters() if p.requires_grad}
         # DeepSpeed loads the weights itself and hands over the rest without a "state_dict"
         state = checkpoint.get("state_dict")
         if state is not None:

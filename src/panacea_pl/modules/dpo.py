@@ -13,7 +13,7 @@ import torch
 
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.base import PanaceaModule
-from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses
+from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses, PreferenceLoss
 
 
 class PanaceaDPO(PanaceaModule):
@@ -25,21 +25,25 @@ class PanaceaDPO(PanaceaModule):
 
     Args:
         policy: the causal LM with the Panacea adapter.
-        loss: the per-dimension DPO loss (β, sigmoid or IPO).
+        loss: the per-dimension preference loss (`MultiObjectiveDPOLoss`, `MultiObjectiveIPOLoss`,
+            the reference-free `CPOLoss`, or a user's `PreferenceLoss` subclass); a
+            reference-free loss skips the reference pass.
         **kwargs: see `PanaceaModule` (aggregator, preference sampling, optimiser, …).
     """
 
-    def __init__(self, policy: PanaceaPolicy, loss: MultiObjectiveDPOLoss | None = None, **kwargs):
+    def __init__(self, policy: PanaceaPolicy, loss: PreferenceLoss | None = None, **kwargs):
         super().__init__(policy, **kwargs)
         self.loss = loss if loss is not None else MultiObjectiveDPOLoss()
 
     def dimension_losses(self, batch: dict, preference: torch.Tensor) -> PairwiseLosses:
         rows = preference if preference.dim() == 1 else preference.repeat(2, 1)  # a rows, b rows
         adapter = self.policy.adapter
-        with adapter.preference(rows):
+        with adapter.preference(rows, checked=True):  # drawn on the simplex by the sampler
             policy_logps = self.policy.sequence_logprobs(batch)
-        with torch.no_grad(), adapter.disabled():
-            reference_logps = self.policy.sequence_logprobs(batch)
+        reference_logps = None
+        if not self.loss.is_reference_free:
+            with torch.no_grad(), adapter.disabled():
+                reference_logps = self.policy.sequence_logprobs(batch)
         return self.loss(policy_logps, reference_logps, batch["labels"])
 
     def dimension_metrics(self, losses: PairwiseLosses) -> dict[str, torch.Tensor]:

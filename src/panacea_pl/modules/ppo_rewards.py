@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
+from panacea_pl.checks import check_model_path
 from panacea_pl.evaluation.reward_model import (
     check_objectives,
     default_objectives,
@@ -81,6 +82,7 @@ class VectorRewardFunction(RewardFunction):
         mapping = objectives or default_objectives(self.dimension_names, scorer, cost_dimension)
         check_objectives(mapping, self.dimension_names, scorer)
         self.sources = [mapping[d] for d in self.dimension_names]
+        tokenizer = check_model_path(tokenizer, f"{type(self).__name__}.tokenizer")
         self.policy_tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.scorer_tokenizer = AutoTokenizer.from_pretrained(scorer.model_name_or_path)
         self.scorer_tokenizer.padding_side = "right"

@@ -29,7 +29,7 @@ class PanaceaSFT(PanaceaModule):
         return batch["input_ids"].shape[0]
 
     def dimension_losses(self, batch: dict, preference: torch.Tensor) -> DimensionLosses:
-        with self.policy.adapter.preference(preference):
+        with self.policy.adapter.preference(preference, checked=True):  # drawn by the sampler
             logits = self.policy(batch["input_ids"], batch["attention_mask"])
         token_logps = token_logprobs(logits, batch["input_ids"])
         return self.loss(token_logps, batch["dimension"], batch["response_mask"][:, 1:])

@@ -20,7 +20,12 @@ from panacea_pl.objectives.aggregation import (
     SmoothTchebycheff,
     Tchebycheff,
 )
-from panacea_pl.objectives.dpo import MultiObjectiveDPOLoss
+from panacea_pl.objectives.dpo import (
+    CPOLoss,
+    MultiObjectiveDPOLoss,
+    MultiObjectiveIPOLoss,
+    PreferenceLoss,
+)
 from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, RLOOAdvantage
 from panacea_pl.objectives.grpo import GroupPolicyLoss, GroupPolicyLossOutput
 from panacea_pl.objectives.outputs import CostLosses, DimensionLosses, PairwiseLosses, masked_mean
@@ -39,6 +44,7 @@ __all__ = [
     "AggregatedAdvantages",
     "Aggregator",
     "BradleyTerryLoss",
+    "CPOLoss",
     "ClippedPolicyLoss",
     "ClippedValueLoss",
     "CostLosses",
@@ -51,8 +57,10 @@ __all__ = [
     "LinearAdvantage",
     "LinearScalarization",
     "MultiObjectiveDPOLoss",
+    "MultiObjectiveIPOLoss",
     "PairwiseLosses",
     "PolicyLossOutput",
+    "PreferenceLoss",
     "PreferenceSFTLoss",
     "RLOOAdvantage",
     "SafetyCostLoss",

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from panacea_pl.objectives.aggregation import ideal_point
+from panacea_pl.preference import checked_step_preference
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class AdvantageAggregator(nn.Module):
         if advantages.dim() != 3:
             raise ValueError(f"advantages must be [N, T, m], got {list(advantages.shape)}")
         n, _, m = advantages.shape
-        preference = torch.as_tensor(preference).to(advantages)
+        preference = checked_step_preference(preference, m).to(advantages)
         if preference.dim() == 1:
             preference = preference.expand(n, -1)
         if preference.shape != (n, m):

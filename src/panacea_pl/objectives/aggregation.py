@@ -22,6 +22,7 @@ import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from panacea_pl.objectives.outputs import masked_mean
+from panacea_pl.preference import checked_step_preference
 
 
 def ideal_point(
@@ -67,6 +68,11 @@ class Aggregator(nn.Module):
     aggregator equally often.
 
     Subclasses implement `aggregate`; entries of `losses` outside `mask` are already 0 there.
+
+    λ must lie on the simplex and have one weight per loss column. Lists, strings and CPU tensors
+    are checked in full on every call (no device sync); a λ already on an accelerator is only
+    shape-checked, since it comes from a sampler or `set_preference` that validated it and reading
+    its values would cost host syncs every step (see `checked_step_preference`).
     """
 
     def forward(self, losses: Tensor, preference: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -134,12 +140,14 @@ class Aggregator(nn.Module):
         if losses.dim() != 2:
             raise ValueError(f"losses must have shape [batch, m], got {list(losses.shape)}")
         batch, m = losses.shape
-        preference = torch.as_tensor(preference).to(dtype=losses.dtype, device=losses.device)
+        preference = checked_step_preference(preference, m)
         if preference.shape not in ((m,), (batch, m)):
             raise ValueError(
                 f"preference must have shape [{m}] (one λ per batch) or [{batch}, {m}] (one per "
-                f"example) to match losses {list(losses.shape)}, got {list(preference.shape)}"
+                f"example) to match losses {list(losses.shape)} of {m} dimensions, got "
+                f"{list(preference.shape)}"
             )
+        preference = preference.to(dtype=losses.dtype, device=losses.device)
         if mask is None:
             mask = torch.ones_like(losses, dtype=torch.bool)
         elif mask.shape != losses.shape or mask.dtype != torch.bool:

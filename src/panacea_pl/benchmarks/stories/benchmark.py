@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from panacea_pl.benchmarks.stories.cache import atomic_write, file_digest, settings_key
+from panacea_pl.atomic import atomic_write
 from panacea_pl.benchmarks.stories.evaluate import Evaluation, evaluate_policy
 from panacea_pl.benchmarks.stories.optimum import TiltedFront, tilted_front
 from panacea_pl.benchmarks.stories.pairs import bradley_terry_labels, choose_pairs, write_pairs
@@ -75,6 +75,7 @@ from panacea_pl.benchmarks.stories.prompts import STORY_PROMPTS
 from panacea_pl.benchmarks.stories.samples import StorySamples, draw_samples
 from panacea_pl.benchmarks.stories.scorers import SCORERS, get_scorers
 from panacea_pl.convert.llama2c import convert_llama2c
+from panacea_pl.hashing import file_digest, settings_key
 from panacea_pl.preference import simplex_grid
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class StoriesBenchmark:
             self.beta_eff,
             self.dimension_names,
         )
-        atomic_write(path, front.save)
+        atomic_write(path, front.save, keep_suffix=True)
         return front
 
     def evaluate(
@@ -338,7 +339,8 @@ class StoriesBenchmark:
             tokenizer: default `load_tokenizer()`.
             preferences: [G, m] grid (default `default_preferences()`).
             **kwargs: `adapter`, `set_preference`, `reference`, `per_sample`,
-                `samples_per_prompt`, `seed`, `reference_point`.
+                `samples_per_prompt`, `seed`, `reference_point`, `base`, and `batch_size`,
+                `num_threads`, `progress` (default: the benchmark's).
         """
         return evaluate_policy(
             model,
@@ -347,10 +349,9 @@ class StoriesBenchmark:
             self.prompts,
             self.max_new_tokens,
             scorers=self.scorers,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            progress=self.progress,
-            **kwargs,
+            **{"batch_size": self.batch_size, "num_threads": self.num_threads}
+            | {"progress": self.progress}
+            | kwargs,
         )
 
     def _write_pairs(self, path: Path) -> None:

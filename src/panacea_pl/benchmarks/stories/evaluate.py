@@ -6,6 +6,8 @@
     result.kl                # [G]    KL(π_λ ‖ π_ref) per response
     result.regret            # [G]    optimum's value − policy's value (≥ −error, 0 at the optimum)
     result.hypervolume_ratio # HV(policy front) / HV(optimal front)
+    result.gain              # [G]    G(λ) = 1 − regret(π)/regret(π_ref): 0 base, 1 optimum
+    result.mean_gain, result.mean_gain_se
 
 The policy is a model and its tokenizer plus how to set λ:
 - `adapter`: a Panacea adapter in `model` — λ is set per sample through it and the reference is the
@@ -19,7 +21,15 @@ The policy is a model and its tokenizer plus how to set λ:
 For each λ of the optimum's grid, `samples_per_prompt` responses are sampled for every prompt
 (rows repeat each λ, chunks of `batch_size` rows go through one `generate` call each), scored by
 the ground-truth scorers, and the KL is estimated by the mean of Σ_t log π(y_t) − log π_ref(y_t)
-over the response tokens. The regularised objective of a policy is V(λ) = λ·E[r] − β·KL (estimated
+over the response tokens. Sampling uses common random numbers (`panacea_pl.evaluation.crn`):
+row k of every λ block (prompt k mod P, sample k div P) has the same noise key, derived from
+`seed` and k, so a policy that ignores λ gives one point exactly, and a row's sample does not
+depend on the chunking. The base model (the reference) is sampled once on the same K keys: its
+value at λ is λ·r on the same draws, which gives G(λ) = 1 − regret(π, λ) / regret(π_ref, λ) with
+the paired standard error (`panacea_pl.evaluation.gain`). Under an initialised
+`torch.distributed` process group every rank calls this function: the rows are sharded by global
+row index (`panacea_pl.evaluation.sharding`), every rank runs as many chunks, and every rank
+returns the whole gathered result, equal to one process's. The regularised objective of a policy is V(λ) = λ·E[r] − β·KL (estimated
 per sample as λ·r − β·log-ratio); the regret is V*(λ) − V(λ) with standard error from both sides.
 Hypervolume uses `reference_point`, by default the optimal front's nadir lowered by 10 % of its
 extent per dimension (so its extreme points count), with `panacea_pl.pareto.front.hypervolume`.
@@ -41,9 +51,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from panacea_pl.benchmarks.stories.optimum import TiltedFront, _rows
-from panacea_pl.benchmarks.stories.sampling import response_logprobs, sample_batch, torch_threads
+from panacea_pl.benchmarks.stories.sampling import (
+    SampledBatch,
+    response_logprobs,
+    sample_batch,
+    torch_threads,
+)
 from panacea_pl.benchmarks.stories.scorers import Scorer, get_scorers, score_texts
-from panacea_pl.evaluation.generation import row_chunks
+from panacea_pl.evaluation.crn import row_keys
+from panacea_pl.evaluation.gain import Gain, achievable_gain
+from panacea_pl.evaluation.sharding import Chunk, gather, shard_plan
 from panacea_pl.layers import PanaceaAdapter
 from panacea_pl.pareto.front import hypervolume
 
@@ -64,6 +81,9 @@ class Evaluation:
         optimal_hypervolume: of the optimal front, from the same point.
         hypervolume_ratio: hypervolume / optimal_hypervolume.
         reference_point: [m] the hypervolume's reference point.
+        gain: [G] G(λ) = 1 − regret / the base model's regret; `gain_se` its standard error.
+        mean_gain: G averaged over the grid; `mean_gain_se` its standard error.
+        base_objectives: [m] the base model's mean scores on the same draws (NaN without base).
         texts: G lists of the sampled responses, for reading.
         beta: β of the regularised objective.
         dimension_names: the m objective names.
@@ -82,6 +102,11 @@ class Evaluation:
     optimal_hypervolume: float
     hypervolume_ratio: float
     reference_point: np.ndarray
+    gain: np.ndarray
+    gain_se: np.ndarray
+    mean_gain: float
+    mean_gain_se: float
+    base_objectives: np.ndarray
     texts: list[list[str]]
     beta: float
     dimension_names: tuple[str, ...]
@@ -96,7 +121,8 @@ class Evaluation:
 
     def rows(self) -> list[dict[str, float]]:
         """One flat dict per λ (for a CSV or a logger table)."""
-        return _rows(self, ["kl", "kl_se", "value", "value_se", "regret", "regret_se"])
+        fields = ["kl", "kl_se", "value", "value_se", "regret", "regret_se", "gain", "gain_se"]
+        return _rows(self, fields)
 
 
 def evaluate_policy(
@@ -117,6 +143,8 @@ def evaluate_policy(
     scorers: Sequence[Scorer] | None = None,
     reference_point: np.ndarray | None = None,
     progress: bool = True,
+    base: bool = True,
+    shard: bool = True,
 ) -> Evaluation:
     """Sample, score and compare a policy with the optimum on the optimum's λ grid.
 
@@ -134,10 +162,13 @@ def evaluate_policy(
         samples_per_prompt: responses per prompt and λ (K = len(prompts) · samples_per_prompt).
         batch_size: rows per `generate` call.
         num_threads: torch intra-op threads while sampling (None: unchanged); see `torch_threads`.
-        seed: seed of the sampling.
+        seed: seed of the sampling noise (the same draws for every λ and every call).
         scorers: the objectives (default: the first m benchmark scorers).
         reference_point: hypervolume reference point [m] (default: see the module docstring).
         progress: show a progress bar.
+        base: also sample the base model on the same draws (for G; K more rows).
+        shard: under a process group, sample this rank's share of the rows and gather (every
+            rank must call); False: all rows here (a call from one rank only).
 
     Raises:
         ValueError: `set_preference` without a `reference`, or both `adapter` and `set_preference`.
@@ -152,40 +183,108 @@ def evaluate_policy(
     num_prefs, m = grid.shape
     scorers = tuple(scorers or get_scorers(m))
     per_pref = len(prompts) * samples_per_prompt
-    row_prompts = list(prompts) * samples_per_prompt * num_prefs
-    row_prefs = grid.repeat_interleave(per_pref, dim=0)
-    texts: list[str] = []
-    log_ratio = torch.zeros(len(row_prompts))
+    keys = row_keys(seed, torch.arange(per_pref))
+    sampler = _RowSampler(model, tokenizer, list(prompts), keys, max_new_tokens, scorers, shard)
     was_training = model.training
     model.eval()
     # The adapter's context restores the λ it had before the evaluation.
     keep_preference = adapter.preference(grid[0]) if adapter is not None else nullcontext()
     try:
-        with keep_preference, torch.random.fork_rng(devices=[]), torch_threads(num_threads):
-            torch.manual_seed(seed)
-            for start, stop in tqdm(
-                row_chunks(len(row_prompts), batch_size, None if per_sample else per_pref),
-                desc="evaluating policy",
-                disable=not progress,
-            ):
-                if set_preference is not None:
-                    set_preference(row_prefs[start:stop])
-                batch = sample_batch(model, tokenizer, row_prompts[start:stop], max_new_tokens)
-                texts += batch.texts
-                if reference is not None:
-                    log_ratio[start:stop] = response_logprobs(model, batch) - _reference_logprobs(
-                        model, reference, batch
-                    )
+        with keep_preference, torch_threads(num_threads):
+            rows = sampler.run(
+                num_prefs * per_pref,
+                batch_size,
+                None if per_sample else per_pref,
+                lambda c: sampler.policy_chunk(c, grid, set_preference, reference),
+                progress,
+            )
+            base_rows = (
+                sampler.run(per_pref, batch_size, None, sampler.base_chunk(reference))
+                if base
+                else None
+            )
     finally:
         model.train(was_training)
+    return _summarise(rows, base_rows, grid, optimum, reference_point)
 
-    rewards = score_texts(texts, scorers).reshape(num_prefs, per_pref, m)
+
+class _RowSampler:
+    """Samples and scores the rows of a sweep; row i uses prompt i mod P and key i mod K."""
+
+    def __init__(self, model, tokenizer, prompts, keys, max_new_tokens, scorers, shard):
+        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+        self.keys, self.max_new_tokens, self.scorers = keys, max_new_tokens, scorers
+        self.shard = shard
+
+    def run(self, total, batch_size, group_size, chunk_fn, progress=False) -> list[tuple]:
+        """(text, rewards [m], log-ratio) of every row, gathered from every rank in row order."""
+        plan = shard_plan(total, batch_size, group_size, sharded=self.shard)
+        local: list[tuple] = []
+        for chunk in tqdm(plan.chunks, desc="evaluating policy", disable=not progress):
+            out = chunk_fn(chunk)
+            if chunk.keep:
+                local += out
+        return gather(local, self.shard)
+
+    def sample(self, model, chunk: Chunk) -> SampledBatch:
+        rows = range(chunk.start, chunk.stop)
+        k = len(self.keys)
+        return sample_batch(
+            model,
+            self.tokenizer,
+            [self.prompts[i % k % len(self.prompts)] for i in rows],
+            self.max_new_tokens,
+            noise_keys=self.keys[[i % k for i in rows]],
+        )
+
+    def rows(self, batch: SampledBatch, log_ratio: torch.Tensor | None) -> list[tuple]:
+        rewards = score_texts(batch.texts, self.scorers)
+        ratios = [0.0] * len(batch.texts) if log_ratio is None else log_ratio.tolist()
+        return list(zip(batch.texts, rewards, ratios, strict=True))
+
+    def policy_chunk(self, chunk, grid, set_preference, reference) -> list[tuple]:
+        if set_preference is not None:
+            set_preference(grid[torch.arange(chunk.start, chunk.stop) // len(self.keys)])
+        batch = self.sample(self.model, chunk)
+        if reference is None:
+            return self.rows(batch, None)
+        ratio = response_logprobs(self.model, batch) - _reference_logprobs(
+            self.model, reference, batch
+        )
+        return self.rows(batch, ratio)
+
+    def base_chunk(self, reference) -> Callable[[Chunk], list[tuple]]:
+        """Samples of the reference itself (KL 0): a module, a context over `model`, or `model`."""
+
+        def run(chunk: Chunk) -> list[tuple]:
+            if isinstance(reference, torch.nn.Module):
+                return self.rows(self.sample(reference, chunk), None)
+            with reference() if reference is not None else nullcontext():
+                return self.rows(self.sample(self.model, chunk), None)
+
+        return run
+
+
+def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> Evaluation:
+    num_prefs, m = grid.shape
+    per_pref = len(rows) // num_prefs
+    texts = [t for t, _, _ in rows]
+    rewards = np.stack([r for _, r, _ in rows]).reshape(num_prefs, per_pref, m)
+    log_ratio = np.array([x for _, _, x in rows], dtype=np.float64).reshape(num_prefs, per_pref)
     lam = grid.double().numpy()
-    log_ratio = log_ratio.double().numpy().reshape(num_prefs, per_pref)
     per_sample_value = np.einsum("gkm,gm->gk", rewards, lam) - optimum.beta * log_ratio
     value, value_se = _mean_se(per_sample_value)
     objectives, objectives_se = _mean_se(rewards)
     kl, kl_se = _mean_se(log_ratio)
+    if base_rows is not None:
+        base_rewards = np.stack([r for _, r, _ in base_rows])  # [K, m]
+        gain = achievable_gain(
+            per_sample_value, lam @ base_rewards.T, optimum.value, optimum.value_se
+        )
+        base_objectives = base_rewards.mean(0)
+    else:
+        nan = np.full(num_prefs, np.nan)
+        gain, base_objectives = Gain(nan, nan, float("nan"), float("nan")), np.full(m, np.nan)
     point = _reference_point(optimum.objectives) if reference_point is None else reference_point
     hv = hypervolume(objectives, point)
     hv_opt = hypervolume(optimum.objectives, point)
@@ -203,6 +302,11 @@ def evaluate_policy(
         optimal_hypervolume=hv_opt,
         hypervolume_ratio=hv / hv_opt if hv_opt > 0 else float("nan"),
         reference_point=np.asarray(point, dtype=np.float64),
+        gain=gain.per_lambda,
+        gain_se=gain.per_lambda_se,
+        mean_gain=gain.mean,
+        mean_gain_se=gain.mean_se,
+        base_objectives=base_objectives,
         texts=[texts[g * per_pref : (g + 1) * per_pref] for g in range(num_prefs)],
         beta=optimum.beta,
         dimension_names=optimum.dimension_names,

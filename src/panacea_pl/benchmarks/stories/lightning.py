@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from panacea_pl.atomic import atomic_write
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
-from panacea_pl.benchmarks.stories.cache import atomic_write, settings_key
 from panacea_pl.data import (
     DimensionSpec,
     PreferenceDataModule,
@@ -27,6 +27,7 @@ from panacea_pl.data import (
     TokenizationSpec,
 )
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.hashing import settings_key
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
 
@@ -132,7 +133,7 @@ class StoriesPromptDataModule(PromptDataModule):
         path = bench.cache_dir / f"prompts-{settings_key({'prompts': prompts})}.jsonl"
         if not path.is_file():
             lines = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts)
-            atomic_write(path, lambda tmp: tmp.write_text(lines))
+            atomic_write(path, lambda tmp: tmp.write_text(lines), keep_suffix=True)
         super().__init__(
             tokenizer=str(bench.model_dir),
             sources=[SourceSpec(name="stories", schema="prompts", path=str(path))],
@@ -147,13 +148,17 @@ class StoriesPromptDataModule(PromptDataModule):
 
 class StoriesEvaluator:
     """Evaluator (a): sample stories for every λ of the grid (per-sample λ, batched) and score
-    them with the ground-truth scorers; report regret and hypervolume ratio to the optimum.
+    them with the ground-truth scorers; report G (the fraction of the achievable gain), regret and
+    hypervolume ratio to the optimum. Common random numbers: every λ and the base model see the
+    same prompts and sampling noise. Sharded over the ranks of a process group (`distributed`).
 
     Args:
         num_dimensions, data_dir, cache_dir, benchmark: as in `StoriesDataModule` (same values,
             so the optimum is the one the pairs were labelled for).
         samples_per_prompt: responses per prompt and λ.
         seed: sampling seed (the same seed every sweep, so fronts are comparable).
+        shard: under DDP, every rank samples its share of the rows (`ParetoSweep` then calls
+            `evaluate` on every rank); False: rank zero samples all of them.
     """
 
     def __init__(
@@ -164,10 +169,12 @@ class StoriesEvaluator:
         benchmark: dict | None = None,
         samples_per_prompt: int = 4,
         seed: int = 0,
+        shard: bool = True,
     ):
         self.bench = StoriesBenchmark(data_dir, cache_dir, num_dimensions, **(benchmark or {}))
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
+        self.distributed = shard  # ParetoSweep: every rank calls `evaluate`
         self.last_evaluation = None
 
     def evaluate(self, module: pl.LightningModule, preferences: torch.Tensor) -> FrontResult:
@@ -181,6 +188,7 @@ class StoriesEvaluator:
                 per_sample=policy.per_sample_preference,
                 samples_per_prompt=self.samples_per_prompt,
                 seed=self.seed,
+                shard=self.distributed,
             )
         self.last_evaluation = ev
         optimum = self.bench.optimal_front(preferences)
@@ -193,12 +201,16 @@ class StoriesEvaluator:
             reference_point=ev.reference_point,
             lower=np.array([s.low for s in scorers], dtype=float),
             upper=np.array([s.high for s in scorers], dtype=float),
-            columns={"kl": ev.kl, "regret": ev.regret, "regret_se": ev.regret_se}
+            columns={"gain": ev.gain, "gain_se": ev.gain_se}
+            | {"kl": ev.kl, "regret": ev.regret, "regret_se": ev.regret_se}
             | {f"{n}_se": ev.objectives_se[:, i] for i, n in enumerate(ev.dimension_names)},
             summary={
+                "mean_gain": ev.mean_gain,
+                "mean_gain_se": ev.mean_gain_se,
                 "hypervolume_ratio": ev.hypervolume_ratio,
                 "mean_regret": ev.mean_regret,
                 "mean_kl": float(ev.kl.mean()),
             },
             optimum=optimum.objectives,
+            base=ev.base_objectives,
         )

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from panacea_pl.benchmarks.stories.cache import atomic_write
+from panacea_pl.atomic import atomic_write
 
 
 def choose_pairs(
@@ -121,7 +121,7 @@ def write_pairs(
                 record |= {name: _label(v) for name, v in zip(dimension_names, row, strict=True)}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    return atomic_write(Path(path), write)
+    return atomic_write(Path(path), write, keep_suffix=True)
 
 
 def _label(value: float) -> int | float:

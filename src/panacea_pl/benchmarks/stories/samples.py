@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from panacea_pl.benchmarks.stories.cache import atomic_write
+from panacea_pl.atomic import atomic_write
 from panacea_pl.benchmarks.stories.sampling import sample_batch, torch_threads
 from panacea_pl.benchmarks.stories.scorers import SCORERS, score_texts
 
@@ -56,7 +56,7 @@ class StorySamples:
         return self.rewards[keep][order, :num_dimensions].reshape(num_prompts, -1, num_dimensions)
 
     def save(self, path: Path) -> Path:
-        return atomic_write(path, lambda tmp: np.savez(tmp, **asdict(self)))
+        return atomic_write(path, lambda tmp: np.savez(tmp, **asdict(self)), keep_suffix=True)
 
     @classmethod
     def load(cls, path: Path) -> StorySamples:

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from panacea_pl.evaluation.crn import GumbelSampler
 from panacea_pl.models.logprobs import sequence_logprobs
 
 
@@ -73,25 +74,30 @@ def sample_batch(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
+    noise_keys: torch.Tensor | None = None,
 ) -> SampledBatch:
     """Sample one continuation of each prompt (BOS + prompt) with temperature 1.
 
     The model samples with whatever preference is currently set on it; seed with
-    `torch.manual_seed` beforehand for reproducible samples.
+    `torch.manual_seed` beforehand for reproducible samples. With `noise_keys` ([B] int64, see
+    `panacea_pl.evaluation.crn`) each row's sample is a function of its key instead of the global
+    generator's state (common random numbers).
     """
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
     stops = stop_token_ids(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    if noise_keys is None:
+        decoding = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    else:
+        sampler = GumbelSampler(noise_keys, encoded.input_ids.shape[1])
+        decoding = dict(do_sample=False, logits_processor=LogitsProcessorList([sampler]))
     sequences = model.generate(
         input_ids=encoded.input_ids.to(model.device),
         attention_mask=encoded.attention_mask.to(model.device),
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
         max_new_tokens=max_new_tokens,
         eos_token_id=stops,
         pad_token_id=pad_id,
+        **decoding,
     ).cpu()
     prompt_len = encoded.input_ids.shape[1]
     generated = sequences[:, prompt_len:]

@@ -66,6 +66,8 @@ class SourceReport:
             dimension, duplicate responses merged, duplicate targets, ...).
         labelled: per dimension name, `{"a": n, "b": n}` — pairs whose label prefers a / b
             (for SFT: `{"targets": n}`).
+        unrated: per dimension name, rated responses read without a rating there (null or
+            "N/A"): they count as unrated, so their pairs are unlabelled in that dimension.
     """
 
     source: str
@@ -75,6 +77,7 @@ class SourceReport:
     skipped: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     labelled: dict[str, dict[str, int]] = field(default_factory=dict)
+    unrated: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,11 @@ class SourceReport:
             )
         for dim, counts in self.labelled.items():
             out.append(f"source '{self.source}', dimension '{dim}': {counts}")
+        for dim, n in sorted(self.unrated.items()):
+            out.append(
+                f"source '{self.source}', dimension '{dim}': {n} responses have no rating "
+                "(null or N/A) and count as unrated there"
+            )
         return out
 
 

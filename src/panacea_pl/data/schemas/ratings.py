@@ -68,6 +68,13 @@ def rating_pairs(
     return out
 
 
+def count_unrated(issues: RowIssues, dims: Sequence[BoundDimension], ratings: Ratings) -> None:
+    """Count each dimension a response has no rating in (reported in the data summary)."""
+    for d, rating in zip(dims, ratings, strict=True):
+        if rating is None:
+            issues.unrated[d.name] += 1
+
+
 def merge_duplicates(
     responses: Sequence[tuple[str, Ratings]], dropped: Counter[str]
 ) -> list[tuple[str, Ratings]]:
@@ -117,6 +124,7 @@ class HelpSteer(Schema):
             except BadValue as bad:
                 issues.bad(i, bad)
                 continue
+            count_unrated(issues, dims, ratings)
             groups.setdefault(prompt, []).append((response, ratings))
         records = []
         for prompt, responses in groups.items():
@@ -156,6 +164,8 @@ class UltraFeedback(Schema):
             except BadValue as bad:
                 issues.bad(i, bad)
                 continue
+            for _, ratings in responses:
+                count_unrated(issues, dims, ratings)
             distinct = merge_duplicates(responses, dropped)
             records.extend(rating_pairs(prompt, distinct, dims, num_dimensions, where.source))
         return records
