@@ -28,9 +28,9 @@ from panacea_pl.benchmarks.stories import (
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.cli import run_lightning_cli
 from panacea_pl.data.collate import PromptCollator
-from panacea_pl.evaluation.generation import _decode
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaCritic, PanaceaPolicy, VectorRewardModel, token_logprobs
+from panacea_pl.models.generation import decode_rows as _decode
 from panacea_pl.models.rollout import Rollout
 from panacea_pl.modules import PanaceaPPO, RewardFunction, VectorRewardFunction
 from panacea_pl.objectives import LagrangianAdvantage, TchebycheffAdvantage

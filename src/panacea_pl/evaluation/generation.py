@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
@@ -37,27 +35,8 @@ from panacea_pl.data.config import TokenizationSpec
 from panacea_pl.data.tokenize import TextEncoder, pad_token_id
 from panacea_pl.evaluation.crn import GumbelSampler
 from panacea_pl.evaluation.sharding import ShardPlan, shard_plan
+from panacea_pl.models.generation import Generations, decode_rows, stop_ids
 from panacea_pl.models.policy import PreferencePolicy
-
-
-@dataclass
-class Generations:
-    """The decoded rows of a `generate_rows` call.
-
-    Attributes:
-        prompts: [N] decoded prompt of each row (leading BOS dropped).
-        responses: [N] decoded response of each row (stop token excluded).
-        lengths: [N] response length in tokens.
-    """
-
-    prompts: list[str]
-    responses: list[str]
-    lengths: np.ndarray
-
-    @property
-    def texts(self) -> list[str]:
-        """Prompt + response of each row: what a reward model scores."""
-        return [p + r for p, r in zip(self.prompts, self.responses, strict=True)]
 
 
 def load_prompts(source: Sequence[str] | str | Path, field: str = "prompt") -> list[str]:
@@ -104,15 +83,6 @@ def datamodule_prompt_ids(datamodule, limit: int | None) -> list[list[int]]:
         if limit is not None and len(seen) >= limit:
             break
     return [list(ids) for ids in seen]
-
-
-def stop_ids(policy: PreferencePolicy, tokenizer) -> list[int]:
-    """The tokens that end a response: the generation config's EOS ids and the tokenizer's."""
-    eos = policy.model.generation_config.eos_token_id
-    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 @torch.no_grad()
@@ -179,7 +149,7 @@ def generate_rows(
             out = policy.generate(input_ids, attention_mask, preference=rows, **kwargs)
         if chunk.keep:
             responses += [_cut(row, stops) for row in out[:, input_ids.shape[1] :].cpu().tolist()]
-    return _decode(tokenizer, prompt_ids[plan.start : plan.stop], responses)
+    return decode_rows(tokenizer, prompt_ids[plan.start : plan.stop], responses)
 
 
 def _keyed(kwargs: dict, keys: torch.Tensor, input_ids: torch.Tensor) -> dict:
@@ -220,18 +190,3 @@ def _cut(tokens: list[int], stops: Sequence[int]) -> list[int]:
         if token in stops:
             return tokens[:i]
     return tokens
-
-
-def _decode(tokenizer, prompt_ids, responses: list[list[int]]) -> Generations:
-    bos = tokenizer.bos_token_id
-    prompts = [
-        list(p[1:]) if p and bos is not None and p[0] == bos else list(p) for p in prompt_ids
-    ]
-    heads = tokenizer.batch_decode(prompts)
-    fulls = tokenizer.batch_decode([p + r for p, r in zip(prompts, responses, strict=True)])
-    bodies = tokenizer.batch_decode(responses)
-    texts = [
-        full[len(head) :] if full.startswith(head) else body
-        for head, full, body in zip(heads, fulls, bodies, strict=True)
-    ]
-    return Generations(heads, texts, np.array([len(r) for r in responses]))

@@ -63,7 +63,6 @@ import torch
 from panacea_pl.data.config import TokenizationSpec
 from panacea_pl.evaluation.crn import row_keys
 from panacea_pl.evaluation.generation import (
-    Generations,
     datamodule_prompt_ids,
     encode_prompts,
     generate_rows,
@@ -71,6 +70,7 @@ from panacea_pl.evaluation.generation import (
 )
 from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.evaluation.sharding import gather, shard_plan
+from panacea_pl.models.generation import Generations
 from panacea_pl.models.reward import ScorerOutput, VectorRewardModel
 
 log = logging.getLogger(__name__)
