@@ -1,20 +1,11 @@
 """The life cycle every tokenised DataModule shares (the kinds users name are in
 `panacea_pl.data.datamodules`: preference pairs, SFT targets, PPO prompts).
 
-    from panacea_pl.data import DimensionSpec, PreferenceDataModule, SourceSpec
-
-    dm = PreferenceDataModule(
-        tokenizer="path/to/tokenizer",
-        sources=[SourceSpec(name="pku", schema="pku_saferlhf", path="pku.jsonl")],
-        dimensions=[
-            DimensionSpec(name="helpful", source="pku", field="better_response_id"),
-            DimensionSpec(name="harmless", source="pku", field="safer_response_id"),
-        ],
-        batch_size=8,
-    )
-    dm.prepare_data(); dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))   # see panacea_pl.data.collate for the layout
-    dm.dimension_names, dm.num_dimensions       # ["helpful", "harmless"], 2
+    class MyDataModule(TokenizedDataModule):   # a new kind: how rows are read, tokenised, collated
+        kind = "mine"
+        def _records(self, spec): ...
+        def _tokenize(self, table, encoder): ...
+        def _collator(self): ...
 
 Life cycle (correct under DDP): `prepare_data` (Lightning runs it on local rank 0 only) reads,
 adapts, splits and tokenises every source and saves the result with `datasets.save_to_disk`
