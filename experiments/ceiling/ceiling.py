@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict] = {
     "dpo_r0_corner_pool4": {"lam": CORNER, "pairs_per_prompt": 4096},
     "dpo_r8_centre": {"lam": CENTRE, "rank": 8},
     "dpo_r8_corner_lr0.0005": {"lam": CORNER, "rank": 8, "lr": 5e-4},
+    "dpo_r0_centre_lr0.01": {"lam": CENTRE, "lr": 0.01},
     "dpo_full_corner_lr5e-05": {"lam": CORNER, "full": True, "lr": 5e-5},
 }
 DEFAULTS = {"rank": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
@@ -83,9 +84,9 @@ class FullFineTuneDPO(FixedPreferenceDPO):
             logits = self.reference_model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-            reference_logps = sequence_logprobs(
-                logits, batch["input_ids"], batch["response_mask"]
-            )[0]
+            reference_logps = sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])[
+                0
+            ]
         return self.loss(policy_logps, reference_logps, batch["labels"])
 
 
@@ -200,7 +201,9 @@ class ReferenceDraw:
         out = np.zeros(self.rows.shape)
         for p, rows in enumerate(self.rows):
             for lo in range(0, len(rows), chunk):
-                out[p, lo : lo + chunk] = response_logprobs(model, self._batch(rows[lo : lo + chunk]))
+                out[p, lo : lo + chunk] = response_logprobs(
+                    model, self._batch(rows[lo : lo + chunk])
+                )
         model.train(was)
         return out
 
@@ -381,7 +384,9 @@ def mismatch(bench: StoriesBenchmark, lams: Sequence[Sequence[float]], degree: i
     tau, beta_eff = bench.label_temperature, bench.beta_eff
     cand = np.flatnonzero(samples.for_pairs & (np.char.strip(samples.texts) != ""))
     r_all = samples.rewards[:, :2].astype(np.float64)
-    chosen = choose_pairs(samples.prompt_index[cand], bench.pairs_per_prompt, bench.seed, r_all[cand])
+    chosen = choose_pairs(
+        samples.prompt_index[cand], bench.pairs_per_prompt, bench.seed, r_all[cand]
+    )
     a, b = cand[chosen[:, 0]], cand[chosen[:, 1]]
     dr = (r_all[a] - r_all[b]) / tau  # [K, 2] Δr_i / τ
     p = 1 / (1 + np.exp(-dr))
@@ -401,9 +406,11 @@ def mismatch(bench: StoriesBenchmark, lams: Sequence[Sequence[float]], degree: i
         x = fa / scale
         y = torch.tensor(target)
         w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
+        )
 
-        def closure() -> torch.Tensor:
+        def closure(x=x, y=y, w=w, opt=opt) -> torch.Tensor:
             opt.zero_grad()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y)
             loss.backward()

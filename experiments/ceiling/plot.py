@@ -1,6 +1,6 @@
 """Plot the ceiling study's learning curves and print its table from results.jsonl.
 
-    python experiments/ceiling/plot.py            # writes learning_curves.png, prints Markdown
+python experiments/ceiling/plot.py            # writes learning_curves.png, prints Markdown
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def plot(records: list[dict], target: Path) -> None:
                 linestyle=style,
                 label=name,
             )
-        axes[2].plot(steps, [0.0] + [r["kl"] for r in rows], marker="o", linestyle=style, label=name)
+        axes[2].plot(
+            steps, [0.0] + [r["kl"] for r in rows], marker="o", linestyle=style, label=name
+        )
     opt = {tuple(r["lam"]): r["opt_kl"] for r in records if r["kind"] == "base"}
     for lam, kl in opt.items():
         axes[2].axhline(kl, color="grey", linestyle="-" if lam[0] == 1.0 else "--", linewidth=0.8)
