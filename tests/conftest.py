@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,12 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
     """Each test that takes this runs once on Llama (nn.Linear) and once on GPT-2 (Conv1D)."""
     return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
+
+
+@pytest.fixture(scope="module")
+def forked_stories_env(tmp_path_factory, shared_data) -> Iterator[Path]:
+    """The small stories benchmark built once here, so that forked processes only read it."""
+    import stories_small
+
+    with stories_small.prepared_for_forks(tmp_path_factory, shared_data) as cache:
+        yield cache

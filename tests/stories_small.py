@@ -11,6 +11,9 @@ folder (`cache_root`), so only the first builds it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -64,3 +67,26 @@ def small_config(path: Path, max_steps: int = 3, batch_size: int = 8, sweep: boo
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@contextmanager
+def prepared_for_forks(tmp_path_factory, shared_data: Path) -> Iterator[Path]:
+    """Build the small benchmark (data, optimal front, converted model) in this process, with
+    `PANACEA_CACHE_DIR` / `PANACEA_DATA_DIR` set for forked processes to read it; the two
+    variables are restored afterwards."""
+    from panacea_pl.benchmarks.stories import StoriesBenchmark, StoriesDataModule, StoriesPolicy
+
+    cache = cache_root(tmp_path_factory)
+    saved = {k: os.environ.get(k) for k in ("PANACEA_CACHE_DIR", "PANACEA_DATA_DIR")}
+    os.environ.update(PANACEA_CACHE_DIR=str(cache), PANACEA_DATA_DIR=str(shared_data))
+    try:
+        StoriesDataModule(2, val_fraction=0.25, benchmark=SMALL).prepare_data()
+        StoriesBenchmark(num_dimensions=2, **SMALL).optimal_front()
+        StoriesPolicy()  # converts the model into the cache
+        yield cache
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -10,7 +10,6 @@ does on a cluster.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -63,12 +62,6 @@ class RecordingDPO(PanaceaDPO):
         self.losses.append(loss.item())
         self.last_logps = self.loss.last  # (policy, reference) of this batch
         return loss
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(rank: int, world: int, port: int, out: str, per_sample: bool) -> None:
@@ -128,23 +121,6 @@ def _train(rank: int, world: int, port: int, out: str, per_sample: bool) -> None
     )
 
 
-@pytest.fixture(scope="module")
-def stories_env(tmp_path_factory, shared_data):
-    """The small benchmark, built once here so that the forked processes only read it."""
-    cache = stories_small.cache_root(tmp_path_factory)
-    saved = {k: os.environ.get(k) for k in ("PANACEA_CACHE_DIR", "PANACEA_DATA_DIR")}
-    os.environ.update(PANACEA_CACHE_DIR=str(cache), PANACEA_DATA_DIR=str(shared_data))
-    data = StoriesDataModule(2, val_fraction=0.25, benchmark=stories_small.SMALL)
-    data.prepare_data()
-    StoriesPolicy()  # converts the model into the cache
-    yield cache
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def _run(out: Path, per_sample: bool) -> tuple[dict, list[dict]]:
     """One process in this test's process, then two forked ones; their records."""
     out.mkdir()
@@ -153,7 +129,7 @@ def _run(out: Path, per_sample: bool) -> tuple[dict, list[dict]]:
     one_proc = time.perf_counter() - start
     start = time.perf_counter()
     mp.start_processes(
-        _train, args=(2, _free_port(), str(out), per_sample), nprocs=2, start_method="fork"
+        _train, args=(2, tiny.free_port(), str(out), per_sample), nprocs=2, start_method="fork"
     )
     print(f"1 process: {one_proc:.1f} s; 2 processes: {time.perf_counter() - start:.1f} s")
     return torch.load(out / "1-0.pt"), [torch.load(out / f"2-{r}.pt") for r in range(2)]
@@ -165,7 +141,7 @@ def _max_weight_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_matches_one_process_with_the_same_global_batch(stories_env, tmp_path):
+def test_ddp_matches_one_process_with_the_same_global_batch(forked_stories_env, tmp_path):
     single, ranks = _run(tmp_path / "out", per_sample=False)
     assert [r["world_size"] for r in ranks] == [2, 2] and single["world_size"] == 1
 
@@ -208,7 +184,7 @@ def test_ddp_matches_one_process_with_the_same_global_batch(stories_env, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_per_sample_preference_matches_one_process(stories_env, tmp_path):
+def test_ddp_per_sample_preference_matches_one_process(forked_stories_env, tmp_path):
     """With one λ per example, rank r trains on rows r, r + 2, … of the λ that one process
     draws for the global batch (the rows DistributedSampler deals it)."""
     single, ranks = _run(tmp_path / "out", per_sample=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -37,12 +36,6 @@ from panacea_pl.modules import PanaceaDPO
 
 SAMPLES_PER_PROMPT = 16  # 8 prompts × 16 × 11 λ = 1,408 rows, + 128 base rows
 BATCH = 128
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _randomise(adapter) -> None:
@@ -102,24 +95,6 @@ def _sweep(rank: int, world: int, port: int, out: str, odd: bool = False) -> Non
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def stories_env(tmp_path_factory, shared_data):
-    """The small benchmark, built once here so that the forked processes only read it."""
-    cache = stories_small.cache_root(tmp_path_factory)
-    saved = {k: os.environ.get(k) for k in ("PANACEA_CACHE_DIR", "PANACEA_DATA_DIR")}
-    os.environ.update(PANACEA_CACHE_DIR=str(cache), PANACEA_DATA_DIR=str(shared_data))
-    data = StoriesDataModule(2, val_fraction=0.25, benchmark=stories_small.SMALL)
-    data.prepare_data()
-    StoriesBenchmark(num_dimensions=2, **stories_small.SMALL).optimal_front()
-    StoriesPolicy()  # converts the model into the cache
-    yield cache
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def _assert_same(one: dict, two: dict) -> None:
     assert one["texts"] == two["texts"]
     for key in ("objectives", "kl", "gain", "gain_se", "base"):
@@ -128,9 +103,11 @@ def _assert_same(one: dict, two: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_sweep_the_same_front_as_one(stories_env, tmp_path):
+def test_two_processes_sweep_the_same_front_as_one(forked_stories_env, tmp_path):
     _sweep(0, 1, 0, str(tmp_path))
-    mp.start_processes(_sweep, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(
+        _sweep, args=(2, tiny.free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
     one = torch.load(tmp_path / "1-0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / f"2-{r}.pt", weights_only=False) for r in range(2)]
     for record in ranks:  # every rank returns the whole gathered front
@@ -146,10 +123,10 @@ def test_two_processes_sweep_the_same_front_as_one(stories_env, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_a_rank_with_fewer_chunks_pads_and_the_front_is_the_same(stories_env, tmp_path):
+def test_a_rank_with_fewer_chunks_pads_and_the_front_is_the_same(forked_stories_env, tmp_path):
     _sweep(0, 1, 0, str(tmp_path), True)
     mp.start_processes(
-        _sweep, args=(2, _free_port(), str(tmp_path), True), nprocs=2, start_method="fork"
+        _sweep, args=(2, tiny.free_port(), str(tmp_path), True), nprocs=2, start_method="fork"
     )
     one = torch.load(tmp_path / "1-0.pt", weights_only=False)
     for rank in range(2):
@@ -200,10 +177,10 @@ def _read(path: Path) -> tuple[list[str], np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("shard", [True, False])
-def test_pareto_sweep_under_ddp_logs_the_one_process_front(stories_env, tmp_path, shard):
+def test_pareto_sweep_under_ddp_logs_the_one_process_front(forked_stories_env, tmp_path, shard):
     _validate(0, 1, 0, str(tmp_path))
     mp.start_processes(
-        _validate, args=(2, _free_port(), str(tmp_path), shard), nprocs=2, start_method="fork"
+        _validate, args=(2, tiny.free_port(), str(tmp_path), shard), nprocs=2, start_method="fork"
     )
     header, one = _read(tmp_path / "1" / "final.csv")
     header_two, two = _read(tmp_path / "2" / "final.csv")

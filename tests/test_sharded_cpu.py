@@ -18,7 +18,6 @@ one process with the global batch it checks:
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -139,16 +138,10 @@ def _sharded(rank: int, world: int, port: int, model_dir: str, out: str, resume:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world: int, model_dir: str, out: str, resume: bool) -> None:
     mp.start_processes(
         _sharded,
-        args=(world, _free_port(), model_dir, out, resume),
+        args=(world, tiny.free_port(), model_dir, out, resume),
         nprocs=world,
         start_method="fork",
     )

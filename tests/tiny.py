@@ -5,6 +5,7 @@ Tests use these so that the real `from_pretrained` code paths run with no networ
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -139,3 +140,10 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
         "enable_model_summary": False,
     }
     return pl.Trainer(**(defaults | kwargs))
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -67,17 +67,35 @@ def atomic_write(
     return path
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, says the disk or quota is full (pyarrow's
+    IO errors carry the text without the errno)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        if any(text in str(err).lower() for text in _FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _disk_full(err: BaseException, tmp: Path) -> int | None:
     """The bytes written before a write failed for want of space, or None if it failed otherwise.
 
-    A writer that reports the OS error says ENOSPC or EDQUOT; torch's zip writer says only
+    A writer that reports the OS error says so (`is_disk_full`); torch's zip writer says only
     "unexpected pos", so the disk's free space at the moment of failure decides.
     """
     try:
         written = tmp.stat().st_size
     except OSError:
         return None
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(err):
         return written
     if not isinstance(err, Exception):
         return None  # KeyboardInterrupt and the like

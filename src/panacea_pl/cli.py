@@ -25,12 +25,7 @@ from collections.abc import Callable
 from panacea_pl.config_checks import DimensionMismatchError
 from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.layers.io import AdapterLoadError
-from panacea_pl.lightning_cli import (  # noqa: F401  (re-exported: the public CLI API)
-    CLI_SETTINGS,
-    TRAINER_DEFAULTS,
-    PanaceaCLI,
-    run_lightning_cli,
-)
+from panacea_pl.lightning_cli import run_lightning_cli
 from panacea_pl.plugins.checkpoint_io import CheckpointError
 from panacea_pl.preference import PreferenceError
 

@@ -17,11 +17,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
+
+from panacea_pl.layers.io import CONFIG_NAME
+
 #: Keys whose integer value is m.
 COUNT_KEYS = ("num_preferences", "num_dimensions")
 #: Keys whose list length is m.
 LIST_KEYS = ("dimension_names", "preference")
-ADAPTER_CONFIG_NAME = "panacea_config.json"  # = panacea_pl.layers.io.CONFIG_NAME
 
 
 class DimensionMismatchError(ValueError):
@@ -31,7 +34,7 @@ class DimensionMismatchError(ValueError):
 def _items(node: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(node, Mapping):
         yield from node.items()
-    elif hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
+    elif isinstance(node, Namespace):
         yield from vars(node).items()
 
 
@@ -51,7 +54,7 @@ def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
 def _saved_adapter_m(path: str) -> int | None:
     """m of a saved adapter folder, or None when it cannot be read here (the loader says why)."""
     try:
-        config = json.loads((Path(path).expanduser() / ADAPTER_CONFIG_NAME).read_text())
+        config = json.loads((Path(path).expanduser() / CONFIG_NAME).read_text())
         value = config.get("config", config).get("num_preferences")
     except (OSError, ValueError, AttributeError):
         return None

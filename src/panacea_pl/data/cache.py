@@ -15,7 +15,6 @@ tokenisation settings, split fraction and seed, bad-row policy, and `CACHE_VERSI
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,9 @@ from typing import Any
 
 import datasets
 
+from panacea_pl.atomic import is_disk_full
+from panacea_pl.hashing import settings_key
+
 #: bump when the processing changes in a way the key cannot see
 CACHE_VERSION = 2  # 2: float (soft) labels
 _REPORT = "panacea_report.json"
@@ -34,24 +36,6 @@ _REPORT = "panacea_report.json"
 
 class DiskFullError(OSError):
     """A write that failed for want of space (ENOSPC) or quota (EDQUOT); names the folder."""
-
-
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_FULL_TEXT = ("no space left on device", "disk quota exceeded")
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """Whether `err`, or an error it was raised from, says the disk or quota is full (pyarrow's
-    IO errors carry the text without the errno)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _FULL:
-            return True
-        if any(text in str(err).lower() for text in _FULL_TEXT):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def disk_full_error(folder: str | Path, what: str, err: BaseException) -> DiskFullError:
@@ -73,8 +57,7 @@ def cache_root(cache_dir: str | None) -> Path:
 
 def cache_key(payload: dict[str, Any]) -> str:
     """sha256 of the JSON of `payload` (sorted keys) and `CACHE_VERSION`."""
-    text = json.dumps({"version": CACHE_VERSION, **payload}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return settings_key({"version": CACHE_VERSION, **payload}, length=None)
 
 
 def cache_path(root: Path, kind: str, key: str) -> Path:

@@ -23,7 +23,8 @@ from typing import Any
 
 import datasets
 
-from panacea_pl.data.cache import disk_full_error, is_disk_full
+from panacea_pl.atomic import is_disk_full
+from panacea_pl.data.cache import disk_full_error
 from panacea_pl.data.config import SourceSpec
 from panacea_pl.data.encoding import find_invalid_utf8, rows_to_drop, utf8_prefix
 from panacea_pl.data.errors import DataError, Where
