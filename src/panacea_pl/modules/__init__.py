@@ -3,6 +3,7 @@
 from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.dpo import PanaceaDPO
 from panacea_pl.modules.grpo import PanaceaGRPO
+from panacea_pl.modules.online_dpo import PanaceaOnlineDPO
 from panacea_pl.modules.ppo import PanaceaPPO
 from panacea_pl.modules.ppo_rewards import RewardFunction, VectorRewardFunction
 from panacea_pl.modules.reward import RewardModelModule
@@ -12,6 +13,7 @@ __all__ = [
     "PanaceaDPO",
     "PanaceaGRPO",
     "PanaceaModule",
+    "PanaceaOnlineDPO",
     "PanaceaPPO",
     "PanaceaSFT",
     "RewardFunction",

@@ -89,6 +89,7 @@ class PanaceaModule(pl.LightningModule):
                 "loss",
                 "critic",
                 "reward",
+                "labeler",
                 "optimizer",
                 "scheduler",
             ]

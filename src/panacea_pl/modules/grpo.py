@@ -53,6 +53,7 @@ from panacea_pl.modules.on_policy import (
     check_dimension_order,
     check_no_dropout,
     check_settings,
+    group_preference,
     log_rewards,
     minibatches,
     names_from_reward,
@@ -153,10 +154,7 @@ class PanaceaGRPO(PanaceaModule):
 
     def group_preference(self, num_prompts: int) -> Tensor:
         """[num_prompts × G, m]: one λ per prompt (or per batch), repeated over its group."""
-        lam = self.sample_preference(num_prompts)
-        if lam.dim() == 1:
-            lam = lam.expand(num_prompts, -1)
-        return lam.repeat_interleave(self.group_size, 0)
+        return group_preference(self, num_prompts, self.group_size)
 
     def needs_old_logps(self, rows: int) -> bool:
         """Whether a rollout of `rows` rows needs log π_old from a separate pass: not when the

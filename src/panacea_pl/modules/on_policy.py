@@ -1,4 +1,4 @@
-"""What the on-policy trainers (`PanaceaPPO`, `PanaceaGRPO`) share besides the rollout
+"""What the on-policy trainers (`PanaceaPPO`, `PanaceaGRPO`, `PanaceaOnlineDPO`) share besides the rollout
 component (`panacea_pl.models.experience`): dimension names from the reward function, a check
 that the reward function and the datamodule name the dimensions in the module's order, and the
 logged rewards and KL-regularised objectives of a scored rollout.
@@ -6,6 +6,7 @@ logged rewards and KL-regularised objectives of a scored rollout.
     kwargs = names_from_reward(reward, kwargs)          # in __init__, before PanaceaModule's
     check_dimension_order(self, self.reward)           # in on_fit_start
     log_rewards(self, scored, "val", kl_coef=0.05)     # {stage}/kl, {stage}/{dim}/reward, …
+    lam = group_preference(self, num_prompts, k)       # one λ per prompt, over its k rows
     optimizer_step(self, loss, max_grad_norm=1.0, parts={"loss": loss})   # manual optimisation
 """
 
@@ -26,6 +27,15 @@ def names_from_reward(reward, kwargs: dict) -> dict:
     if kwargs.get("dimension_names") is None and getattr(reward, "dimension_names", None):
         kwargs = kwargs | {"dimension_names": list(reward.dimension_names)}
     return kwargs
+
+
+def group_preference(module, num_prompts: int, group_size: int) -> Tensor:
+    """[num_prompts × group_size, m]: one λ per prompt (or one per batch without
+    `per_sample_preference`), repeated over the prompt's consecutive group of rows."""
+    lam = module.sample_preference(num_prompts)
+    if lam.dim() == 1:
+        lam = lam.expand(num_prompts, -1)
+    return lam.repeat_interleave(group_size, 0)
 
 
 def check_dimension_order(module: pl.LightningModule, reward) -> None:

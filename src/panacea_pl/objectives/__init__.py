@@ -29,6 +29,7 @@ from panacea_pl.objectives.dpo import (
 from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, RLOOAdvantage
 from panacea_pl.objectives.grpo import GroupPolicyLoss, GroupPolicyLossOutput
 from panacea_pl.objectives.outputs import CostLosses, DimensionLosses, PairwiseLosses, masked_mean
+from panacea_pl.objectives.pair_labels import BradleyTerryLabels, PairLabeler, RewardOrderLabels
 from panacea_pl.objectives.ppo import (
     ClippedPolicyLoss,
     ClippedValueLoss,
@@ -43,6 +44,7 @@ __all__ = [
     "AdvantageAggregator",
     "AggregatedAdvantages",
     "Aggregator",
+    "BradleyTerryLabels",
     "BradleyTerryLoss",
     "CPOLoss",
     "ClippedPolicyLoss",
@@ -58,11 +60,13 @@ __all__ = [
     "LinearScalarization",
     "MultiObjectiveDPOLoss",
     "MultiObjectiveIPOLoss",
+    "PairLabeler",
     "PairwiseLosses",
     "PolicyLossOutput",
     "PreferenceLoss",
     "PreferenceSFTLoss",
     "RLOOAdvantage",
+    "RewardOrderLabels",
     "SafetyCostLoss",
     "SmoothTchebycheff",
     "Tchebycheff",

@@ -1,0 +1,253 @@
+"""PanaceaOnlineDPO on tiny models and its pair labels: hand-computed labels and pair layout, the
+loss of a rollout equal to the λ-weighted DPO loss computed by hand, one-hot λ with the reward's
+order as the judge is TRL's single-objective online DPO, a short fit, and the shipped stories
+config through the `panacea-pl` console script."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import tiny
+from panacea_pl.data.collate import PromptCollator
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.models import PanaceaPolicy
+from panacea_pl.modules import PanaceaOnlineDPO
+from panacea_pl.modules.online_dpo import group_pairs
+from panacea_pl.objectives import (
+    BradleyTerryLabels,
+    MultiObjectiveDPOLoss,
+    RewardOrderLabels,
+    Tchebycheff,
+)
+from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bradley_terry_labels_by_hand():
+    a = torch.tensor([[0.10, 0.00], [0.00, 0.05]])
+    b = torch.tensor([[0.06, 0.00], [0.04, 0.01]])
+    soft = BradleyTerryLabels(temperature=0.04)(a, b)
+    # σ(1) = 0.731059, so y = 2σ − 1 = 0.462117; σ(−1) → −0.462117; equal rewards → 0
+    expected = torch.tensor([[0.462117, 0.0], [-0.462117, 0.462117]])
+    torch.testing.assert_close(soft, expected, atol=1e-6, rtol=0)
+    per_dim = BradleyTerryLabels(temperature=[0.04, 0.02])(a, b)
+    torch.testing.assert_close(per_dim[1, 1], 2 * torch.sigmoid(torch.tensor(2.0)) - 1)
+    assert BradleyTerryLabels(0.04).effective_kl_coef(1.25) == pytest.approx(0.05)
+    assert BradleyTerryLabels([0.04, 0.02]).effective_kl_coef(1.25) is None
+    torch.manual_seed(0)
+    big_a, big_b = a[:1].repeat(20000, 1), b[:1].repeat(20000, 1)
+    drawn = BradleyTerryLabels(0.04, soft=False)(big_a, big_b)
+    assert set(drawn.unique().tolist()) == {-1.0, 1.0}
+    # P(+1) = σ(1) = 0.7311; 20,000 draws: standard error 0.0031
+    assert abs((drawn[:, 0] == 1).float().mean().item() - 0.731059) < 0.013
+    order = RewardOrderLabels()(a, b)
+    torch.testing.assert_close(order, torch.tensor([[1.0, 0.0], [-1.0, 1.0]]))
+
+
+def test_labels_clear_errors():
+    with pytest.raises(ValueError, match="temperature"):
+        BradleyTerryLabels(temperature=0.0)
+    with pytest.raises(ValueError, match=r"\[P, m\]"):
+        BradleyTerryLabels()(torch.zeros(3, 2), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="3 temperatures for 2 dimensions"):
+        BradleyTerryLabels([0.1, 0.2, 0.3])(torch.zeros(3, 2), torch.zeros(3, 2))
+
+
+def test_group_pairs_every_unordered_pair_within_each_group():
+    pairs = group_pairs(2, 3)
+    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [3, 4], [3, 5], [4, 5]]
+    assert group_pairs(3, 2).tolist() == [[0, 1], [2, 3], [4, 5]]
+
+
+def build(model_dir, **kwargs) -> PanaceaOnlineDPO:
+    torch.manual_seed(0)
+    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter, so that λ and the reference matter
+        for layer in policy.adapter.layers.values():
+            layer.panacea_U.copy_(torch.randn(layer.panacea_U.shape, generator=gen) * 0.3)
+    settings = dict(
+        responses_per_prompt=3,
+        max_new_tokens=5,
+        labeler=BradleyTerryLabels(temperature=0.2),
+        loss=MultiObjectiveDPOLoss(beta=0.5),
+    )
+    return PanaceaOnlineDPO(policy, TokenShare(), **(settings | kwargs))
+
+
+def response_logps(module, scored, lam_rows, reference=False) -> torch.Tensor:
+    """Σ_t log π(y_t) over each response, one row at a time (no batching shared with the module)."""
+    out = []
+    policy, rollout = module.policy, scored.rollout
+    for r in range(len(scored)):
+        seq = rollout.sequences[r : r + 1]
+        mask = rollout.attention_mask[r : r + 1]
+        context = policy.reference() if reference else policy.preference(lam_rows[r : r + 1])
+        with torch.no_grad(), context:
+            logits = policy.model(
+                input_ids=seq, attention_mask=mask, position_ids=rollout.position_ids[r : r + 1]
+            ).logits
+        token = torch.log_softmax(logits[0, :-1].float(), -1).gather(-1, seq[0, 1:, None])[:, 0]
+        out.append((token * scored.mask[r]).sum())
+    return torch.stack(out)
+
+
+def test_the_loss_of_a_rollout_is_the_lambda_weighted_dpo_loss_by_hand(tiny_llama_dir):
+    """4 prompts × 3 responses at one λ per prompt: 12 pairs; each pair's loss in dimension i is
+    −p log σ(β h) − (1 − p) log σ(−β h) with p = σ(Δr_i/τ), h the pair's log-ratio margin, and the
+    optimised loss is the mean of Σ_i λ_i L_i over the pairs labelled in some dimension."""
+    module = build(tiny_llama_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    assert len(scored) == 12 and scored.logps is None
+    groups = scored.preference.view(4, 3, 2)
+    torch.testing.assert_close(groups, groups[:, :1].expand(-1, 3, -1))
+    losses, preference, labels = module.pair_losses(scored, torch.arange(4))
+    loss = module.aggregate(losses, preference)
+    ratio = response_logps(module, scored, scored.preference) - response_logps(
+        module, scored, None, reference=True
+    )
+    expected, lam_total = [], []
+    for j in range(4):
+        for g, h in ((0, 1), (0, 2), (1, 2)):
+            a, b = 3 * j + g, 3 * j + h
+            margin = 0.5 * (ratio[a] - ratio[b])
+            p = torch.sigmoid((scored.rewards[a] - scored.rewards[b]) / 0.2)
+            per_dim = -p * F.logsigmoid(margin) - (1 - p) * F.logsigmoid(-margin)
+            lam = scored.preference[a]
+            if (p == 0.5).all():  # tied in every dimension: unlabelled, not in the mean
+                continue
+            per_dim = torch.where(p == 0.5, 0.0, per_dim)  # a tie is unlabelled
+            expected.append((lam * per_dim).sum())
+
+    torch.testing.assert_close(preference, scored.preference[::3].repeat_interleave(3, 0))
+    assert len(expected) >= 6, "most pairs tied: pick other prompts"
+    torch.testing.assert_close(
+        labels,
+        2
+        * torch.sigmoid(
+            torch.stack(
+                [
+                    scored.rewards[3 * j + g] - scored.rewards[3 * j + h]
+                    for j in range(4)
+                    for g, h in ((0, 1), (0, 2), (1, 2))
+                ]
+            )
+            / 0.2
+        )
+        - 1,
+    )
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_one_hot_lambda_with_the_reward_order_is_single_objective_online_dpo(tiny_llama_dir):
+    """TRL's OnlineDPOTrainer: two responses per prompt, the higher-reward one chosen, loss
+    −log σ(β·(h_chosen − h_rejected)). With λ = e_0 and `RewardOrderLabels` that is ours (pairs
+    tied in dimension 0 are unlabelled and left out of the mean)."""
+    module = build(tiny_llama_dir, responses_per_prompt=2, labeler=RewardOrderLabels()).train()
+    one_hot = torch.tensor([1.0, 0.0])
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir), one_hot)
+    losses, preference, _ = module.pair_losses(scored, torch.arange(4))
+    loss = module.aggregate(losses, preference)
+    ratio = response_logps(module, scored, scored.preference) - response_logps(
+        module, scored, None, reference=True
+    )
+    terms = []
+    for j in range(4):
+        r = scored.rewards[2 * j : 2 * j + 2, 0]
+        if r[0] == r[1]:
+            continue
+        chosen, rejected = (2 * j, 2 * j + 1) if r[0] > r[1] else (2 * j + 1, 2 * j)
+        terms.append(-F.logsigmoid(0.5 * (ratio[chosen] - ratio[rejected])))
+    assert terms, "every pair tied: pick other prompts"
+    torch.testing.assert_close(loss, torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
+
+
+def read_metrics(log_dir: Path) -> list[dict[str, str]]:
+    with open(log_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_fit_with_minibatches_and_tchebycheff_trains_and_logs(tiny_llama_dir, tmp_path):
+    module = build(
+        tiny_llama_dir,
+        aggregator=Tchebycheff(ideal=0.0),
+        epochs=2,
+        minibatch_size=1,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.0),
+    )
+    before = {k: v.clone() for k, v in module.policy.adapter.state_dict().items()}
+    loader = DataLoader(
+        prompt_rows(tiny_llama_dir),
+        batch_size=2,
+        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
+    )
+    trainer = tiny.quiet_trainer(
+        max_epochs=1,
+        logger=pl.loggers.CSVLogger(tmp_path, name="odpo"),
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    # 2 batches × 2 prompts; 2 epochs × 2 minibatches of 1 prompt = 4 steps per batch
+    assert trainer.global_step == 8
+    after = module.policy.adapter.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    metrics = trainer.logged_metrics
+    for key in ("train/even/reward", "train/odd/label", "train/kl", "train/lambda/even", "val/kl"):
+        assert key in metrics, key
+    assert 0 <= metrics["train/odd/label"] <= 1
+    assert metrics["train/kl"] != 0
+    assert math.isfinite(float(metrics["train/loss"]))
+
+
+def test_clear_errors(tiny_llama_dir):
+    with pytest.raises(ValueError, match="responses_per_prompt"):
+        build(tiny_llama_dir, responses_per_prompt=1)
+    with pytest.raises(ValueError, match="epochs"):
+        build(tiny_llama_dir, epochs=0)
+    module = build(tiny_llama_dir, dimension_names=["odd", "even"])
+    with pytest.raises(ValueError, match="in the same order"):
+        module.on_fit_start()
+
+
+@pytest.mark.slow
+def test_shipped_online_dpo_config_fits_through_the_console_script(shared_data, tmp_path):
+    """`panacea-pl fit --config experiments/stories/panacea_online_dpo.yaml` with tiny overrides,
+    in a subprocess: exit 0, a checkpoint after the expected steps, per-dimension metrics."""
+    script = Path(sys.executable).with_name("panacea-pl")
+    args = [
+        str(script),
+        "fit",
+        "--config",
+        str(ROOT / "experiments" / "stories" / "panacea_online_dpo.yaml"),
+        "--trainer.max_epochs=2",
+        "--trainer.callbacks=[]",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.responses_per_prompt=2",
+        "--model.init_args.max_new_tokens=8",
+        "--data.init_args.num_prompts=4",
+        "--data.init_args.batch_size=4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PANACEA_DATA_DIR": str(shared_data)}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
+    assert state["global_step"] == 2  # one optimiser step per iteration
+    rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
+    assert {"train/happy/label", "train/sad/objective", "train/kl"} <= set().union(*rows)
