@@ -118,7 +118,7 @@ def test_the_loss_of_a_rollout_is_the_lambda_weighted_dpo_loss_by_hand(tiny_llam
     ratio = response_logps(module, scored, scored.preference) - response_logps(
         module, scored, None, reference=True
     )
-    expected, lam_total = [], []
+    expected = []
     for j in range(4):
         for g, h in ((0, 1), (0, 2), (1, 2)):
             a, b = 3 * j + g, 3 * j + h
