@@ -31,6 +31,7 @@ NOISE = (
     "Epoch 0/-2",
     "git root",
     "anonymous setting",
+    "Total length of `list`",
     "Traceback",
 )
 

@@ -30,6 +30,7 @@ from panacea_pl.objectives import (
     RewardOrderLabels,
     Tchebycheff,
 )
+from test_entry_points import assert_quiet
 from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,6 +248,7 @@ def test_shipped_online_dpo_config_fits_through_the_console_script(shared_data, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PANACEA_DATA_DIR": str(shared_data)}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_quiet(proc.stdout + proc.stderr)
     state = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
     assert state["global_step"] == 2  # one optimiser step per iteration
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)

@@ -5,7 +5,9 @@
 
 Each filter names one message that a newcomer cannot act on, so a real warning still shows:
 Lightning's LightningCLI `args` notice (we pass the arguments on purpose), its litlogger /
-litmodels advertisements, a pytree deprecation inside Lightning, W&B's banner and its
+litmodels advertisements, a pytree deprecation inside Lightning, its notice that an empty
+validation list is empty (our datamodules return one when there is no validation split), W&B's
+banner and its
 git-root warning (a run folder outside a git checkout is normal). Set `PANACEA_VERBOSE=1` to
 see everything.
 """
@@ -21,6 +23,8 @@ QUIET_WARNINGS = (
     r".*LightningCLI's args parameter is intended to run from within Python.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*The anonymous setting has no effect.*",
+    # our datamodules return [] for "no validation split" (val_fraction 0) on purpose
+    r".*Total length of `list` across ranks is zero.*",
 )
 
 #: Lightning info lines (prefixes) that advertise other products.
