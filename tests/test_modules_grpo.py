@@ -251,3 +251,28 @@ def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_p
     for key, value in one.items():
         torch.testing.assert_close(ranks[0][key], value, msg=lambda m, k=key: f"{k}: {m}")
         torch.testing.assert_close(ranks[1][key], value, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_token_kl_credits_each_token_with_the_kl_still_to_come(tiny_llama_dir):
+    """kl_in="token": token t's advantage is A − β·Σ_{t' ≥ t} (log π − log π_ref)(y_t') on
+    response tokens, 0 elsewhere; the reward part A is the group advantage of the rewards alone."""
+    module = build(tiny_llama_dir, kl_in="token").train()
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    torch.testing.assert_close(module.training_rewards(scored), scored.rewards)
+    adv = module.advantages(scored).advantages
+    tokens = module.token_advantages(scored, adv)
+    n, t = scored.mask.shape
+    expected = torch.zeros(n, t)
+    for row in range(n):
+        for col in range(t):
+            if not scored.mask[row, col]:
+                continue
+            later = scored.mask[row, col:]
+            ratio = (scored.logps[row, col:] - scored.ref_logps[row, col:])[later].sum()
+            expected[row, col] = adv[row] - 0.2 * ratio
+    torch.testing.assert_close(tokens, expected)
+    # the first response token carries the whole sequence's KL: A − β·KL̂
+    first = scored.mask.float().argmax(-1)
+    torch.testing.assert_close(tokens[torch.arange(n), first], adv - 0.2 * scored.kl)
+    out = module.grpo_loss(scored, tokens, torch.arange(n))
+    assert torch.isfinite(out.loss)

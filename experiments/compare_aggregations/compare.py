@@ -36,8 +36,24 @@ GRID_DIVISIONS = {2: 4, 3: 2, 10: 2}  # evaluation grid H per m: 5, 6 and 55 λ
 # stories per prompt and λ (16 prompts): 512 per λ keeps the standard error of each objective
 # near 0.0015, below the differences between methods; at m = 10, 128 per λ (55 λ).
 SAMPLES_PER_PROMPT = {2: 32, 3: 32, 10: 8}
-METHODS = ("panacea_ls", "panacea_tche", "dps", "rewarded_soups")
+METHODS = (
+    "panacea_ls",
+    "panacea_tche",
+    "dps",
+    "rewarded_soups",
+    "panacea_ppo",
+    "panacea_online_dpo",
+    "panacea_rloo",
+)
+# on-policy methods: their own shipped recipe, trained for a number of iterations (epochs)
+ON_POLICY = {
+    "panacea_ppo": REPO / "experiments/stories/panacea_ppo.yaml",
+    "panacea_online_dpo": REPO / "experiments/stories/panacea_online_dpo.yaml",
+    "panacea_rloo": REPO / "experiments/stories/panacea_grpo.yaml",
+}
 TABLE_METRICS = (
+    "mean_gain",
+    "mean_gain_se",
     "hypervolume",
     "hypervolume_ratio",
     "mean_regret",
@@ -61,12 +77,19 @@ class Row:
     result: object  # FrontResult
 
 
-def config_for(m: int, method: str, steps: int, out: Path, samples_per_prompt: int) -> dict:
-    """The demo config adapted to m dimensions, one method, a fixed step budget and `out`."""
-    config = yaml.safe_load(BASE_CONFIG.read_text())
+def config_for(
+    m: int, method: str, steps: int, out: Path, samples_per_prompt: int, iterations: int = 0
+) -> dict:
+    """The demo config (an on-policy method: its own recipe) adapted to m dimensions, one
+    method, a fixed step (iteration) budget and `out`."""
+    config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
     trainer, model = config["trainer"], config["model"]
     name = f"m{m}_{method}"
-    trainer.update(max_steps=steps, max_epochs=-1, default_root_dir=str(out))
+    if method in ON_POLICY:
+        trainer.update(max_epochs=iterations, default_root_dir=str(out))
+        trainer.pop("max_steps", None)
+    else:
+        trainer.update(max_steps=steps, max_epochs=-1, default_root_dir=str(out))
     trainer["logger"] = [
         {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -89,8 +112,11 @@ def config_for(m: int, method: str, steps: int, out: Path, samples_per_prompt: i
     )
     init = model["init_args"]
     init["policy"]["init_args"]["adapter"]["num_preferences"] = m
-    init["scheduler"]["init_args"]["total_steps"] = steps
     config["data"]["init_args"]["num_dimensions"] = m
+    if method in ON_POLICY:
+        init["reward"]["init_args"]["num_dimensions"] = m
+        return config
+    init["scheduler"]["init_args"]["total_steps"] = steps
     if method == "panacea_tche":
         # DPO losses with soft labels never reach 0: their floor is the labels' entropy, so the
         # ideal point is the best loss seen so far (lowered by a small margin), not 0.
@@ -163,15 +189,18 @@ def write_table(rows: list[Row], base: dict[int, dict[str, float]], out: Path) -
                 + [round(r.seconds, 1)]
             )
     lines = [
-        "| m | method | HV | HV / optimum | mean regret | inner product | sparsity | spacing "
-        "| mean KL | models | steps | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| m | method | G ± se | HV | HV / optimum | mean regret | inner product | sparsity "
+        "| spacing | mean KL | models | steps | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(metrics: dict[str, float]) -> str:
-        return " | ".join(
-            f"{metrics[k]:.4g}" if metrics.get(k) is not None else "–" for k in TABLE_METRICS
-        )
+        gain = metrics.get("mean_gain")
+        cells = [f"{gain:.2f} ± {metrics['mean_gain_se']:.2f}" if gain is not None else "–"]
+        cells += [
+            f"{metrics[k]:.4g}" if metrics.get(k) is not None else "–" for k in TABLE_METRICS[2:]
+        ]
+        return " | ".join(cells)
 
     for m in sorted({r.m for r in rows}):
         if m in base:
@@ -221,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=400, help="training steps per model")
     parser.add_argument(
+        "--iterations", type=int, default=120, help="iterations of the on-policy methods"
+    )
+    parser.add_argument(
         "--samples-per-prompt", type=int, default=None, help="stories per λ and prompt"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
@@ -235,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             print(f"=== m={m} {method}: {args.steps} steps per model ===", flush=True)
             samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
-            config = config_for(m, method, args.steps, args.out, samples)
+            config = config_for(m, method, args.steps, args.out, samples, args.iterations)
             if method.startswith("panacea"):
                 row, first = run_panacea(config, m, method)
                 if first:

@@ -17,6 +17,9 @@ One training step is one iteration on one batch of prompts:
 2. **KL.** `kl_in="reward"`: β·KL̂ with KL̂ = Σ_t log π/π_ref over the response is subtracted
    from every dimension's reward, so each J_i = E[r_i] − β·KL(π ‖ π_ref) and the linear
    scalarisation's optimum is π_ref·exp(λ·r/β) exactly (the stories benchmark's, β = β_eff).
+   `kl_in="token"`: the same objective with the KL's gradient credited per token: token t's
+   advantage is A − β·Σ_{t'≥t} log π/π_ref(y_t') (the KL still to come, as PPO's per-token
+   penalty without a critic), an unbiased and lower-variance estimate of the same gradient.
    `kl_in="loss"`: GRPO's k3 term β·k3 per token in the loss instead (its optimum is that of the
    forward KL; see `panacea_pl.objectives.grpo`).
 3. **Advantages** (`panacea_pl.objectives.group_advantage.GroupAdvantage`): per-dimension group
@@ -76,7 +79,8 @@ class PanaceaGRPO(PanaceaModule):
         aggregator: how per-dimension advantages combine under λ (default `LinearAdvantage`).
         group_size: G, responses per prompt, all at the prompt's λ (≥ 2).
         kl_coef: β, in reward units (stories benchmark: its `beta_eff`).
-        kl_in: "reward" (β·KL̂ subtracted from every dimension's reward) or "loss" (k3 term).
+        kl_in: "reward" (β·KL̂ subtracted from every dimension's reward), "token" (β times the
+            KL to come subtracted from each token's advantage) or "loss" (k3 term).
         clip_range: ε of the clipped ratio; `clip_range_high` the upper one (None: ε).
         clip_range_high: DAPO's clip-higher ε_high.
         loss_normalization: "token" (pooled over the minibatch's tokens) or "sequence".
@@ -97,7 +101,7 @@ class PanaceaGRPO(PanaceaModule):
         aggregator: AdvantageAggregator | None = None,
         group_size: int = 8,
         kl_coef: float = 0.05,
-        kl_in: Literal["reward", "loss"] = "reward",
+        kl_in: Literal["reward", "token", "loss"] = "reward",
         clip_range: float = 0.2,
         clip_range_high: float | None = None,
         loss_normalization: Literal["token", "sequence"] = "token",
@@ -125,8 +129,8 @@ class PanaceaGRPO(PanaceaModule):
         if minibatch_size is not None:
             counts["minibatch_size"] = minibatch_size
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
-        if kl_in not in ("reward", "loss"):
-            raise ValueError(f"{owner}: kl_in must be 'reward' or 'loss', got {kl_in!r}")
+        if kl_in not in ("reward", "token", "loss"):
+            raise ValueError(f"{owner}: kl_in must be 'reward', 'token' or 'loss', got {kl_in!r}")
         self.reward = reward
         self.advantage = advantage if advantage is not None else GroupAdvantage()
         self.policy_loss = GroupPolicyLoss(
@@ -187,6 +191,15 @@ class PanaceaGRPO(PanaceaModule):
             return scored.rewards - self.kl_coef * scored.kl[:, None]
         return scored.rewards
 
+    def token_advantages(self, scored: ScoredRollout, advantages: Tensor) -> Tensor:
+        """The advantages the loss sees: [N] per response, or with `kl_in="token"` [N, T] per
+        token, A − β·(the response's log π/π_ref from that token on)."""
+        if self.kl_in != "token":
+            return advantages
+        log_ratio = (scored.logps - scored.ref_logps) * scored.mask
+        to_come = log_ratio.flip(-1).cumsum(-1).flip(-1)
+        return (advantages[:, None] - self.kl_coef * to_come) * scored.mask
+
     def advantages(self, scored: ScoredRollout) -> GroupAdvantages:
         """Group-relative advantages of a scored rollout under its per-group λ."""
         rewards = self.training_rewards(scored)
@@ -234,7 +247,7 @@ class PanaceaGRPO(PanaceaModule):
         rows = batch["input_ids"].shape[0] * self.group_size
         scored = self.score_rollout(batch, policy_logps=self.needs_old_logps(rows))
         advantages = self.advantages(scored)
-        stats = self.optimise(scored, advantages.advantages)
+        stats = self.optimise(scored, self.token_advantages(scored, advantages.advantages))
         self._log_iteration(scored, advantages, stats)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -99,10 +99,12 @@ class GroupPolicyLoss(nn.Module):
         ref_logps: Tensor | None = None,
     ) -> GroupPolicyLossOutput:
         """`logps` [N, T] carries the gradient; `old_logps`, `ref_logps` [N, T] and
-        `advantages` [N] are constants; `mask` [N, T] marks the response tokens."""
+        `advantages` [N] (one per response) or [N, T] (one per token) are constants; `mask`
+        [N, T] marks the response tokens."""
         log_ratio = logps - old_logps.detach()
         ratio = log_ratio.exp()
-        adv = advantages.detach()[:, None].to(logps.dtype)
+        adv = advantages.detach().to(logps.dtype)
+        adv = adv[:, None] if adv.dim() == 1 else adv
         clipped = ratio.clamp(1.0 - self.low, 1.0 + self.high)
         per_token = -torch.minimum(ratio * adv, clipped * adv)
         kl = torch.zeros((), device=logps.device)

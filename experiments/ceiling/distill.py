@@ -1,0 +1,99 @@
+"""Can the adapter represent the optimum at all? Fit π*_λ directly, then measure G.
+
+    python experiments/ceiling/distill.py --lam 1 0 --rank 0 --steps 100 200 400
+
+π*_λ ∝ π_ref·exp(λ·r/β_eff) is known in closed form up to its normaliser, so on π_ref samples
+the forward KL(π* ‖ π_θ) is, up to a constant, −Σ_j w_j log π_θ(y_j | x) with self-normalised
+weights w_j ∝ exp(λ·r_j/β_eff) within each prompt (reward-weighted likelihood). Minimising it
+on the benchmark's pair pool (the 256 responses per prompt that offline DPO's pairs are made of,
+never the reference draw the evaluation uses) needs no labels, no pairs and no sampling: if this
+falls short of G = 1 too, the limit is what the adapter can represent or what 4,096 responses
+can teach, not DPO or PPO. G is measured on the reference draw (`ReferenceDraw`, ±0.02–0.04).
+One JSON line per evaluation is appended to `distill.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from panacea_pl.benchmarks.stories import StoriesPolicy
+from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
+from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.models.logprobs import sequence_logprobs
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lam", type=float, nargs=2, default=[1.0, 0.0])
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--batch", type=int, default=64, help="responses per step")
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400])
+    parser.add_argument("--results", type=Path, default=HERE / "distill.jsonl")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    bench = StoriesBenchmark(progress=False)
+    draw = ReferenceDraw(bench)
+    samples = bench.samples
+    lam = torch.tensor(args.lam)
+    pool = np.flatnonzero(samples.for_pairs)
+    rewards = samples.rewards[pool, :2] @ np.asarray(args.lam)
+    prompt = samples.prompt_index[pool]
+    weights = np.zeros(len(pool))
+    for p in np.unique(prompt):
+        rows = prompt == p
+        s = rewards[rows] / bench.beta_eff
+        w = np.exp(s - s.max())
+        weights[rows] = w / w.sum()
+    policy = StoriesPolicy(adapter=PanaceaConfig(rank=args.rank, num_preferences=2))
+    optimizer = torch.optim.AdamW(policy.adapter.parameters(), lr=args.lr, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    num_prompts = len(np.unique(prompt))
+    start, todo = time.perf_counter(), set(args.steps)
+    for step in range(1, max(args.steps) + 1):
+        # a batch from one prompt at a time keeps `_batch`'s shared prompt; weights × prompts
+        # make the loss an unbiased estimate of the mean over prompts of −Σ_j w_j log π(y_j)
+        p = rng.integers(num_prompts)
+        rows = np.flatnonzero(prompt == p)
+        pick = rng.choice(rows, size=args.batch, replace=True, p=weights[rows])
+        policy.train()
+        batch = draw._batch(pool[pick])
+        mask = batch.attention_mask
+        with policy.preference(lam.expand(args.batch, 2)):
+            logits = policy.model(
+                input_ids=batch.sequences,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=False,
+            ).logits
+        logps, _ = sequence_logprobs(logits, batch.sequences, batch.response_mask)
+        loss = -logps.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in todo:
+            with torch.no_grad(), policy.preference(lam):
+                est = draw.gain(draw.logps(policy.model), args.lam)
+            record = {"lam": args.lam, "rank": args.rank, "lr": args.lr, "step": step}
+            record |= est | {"train_seconds": time.perf_counter() - start}
+            with open(args.results, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(
+                f"step {step}: G_is {est['G_is']:.3f} ± {est['G_is_se']:.3f}, KL {est['kl_is']:.3f}"
+                f", tilt slope {est['tilt_slope']:.2f}, corr {est['tilt_corr']:.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
