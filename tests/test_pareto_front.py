@@ -107,3 +107,17 @@ def test_sparsity_and_spacing_on_three_points():
     assert sparsity([[1.0, 2.0]]) == 0.0 and spacing([[1.0, 2.0]]) == 0.0
     with pytest.raises(ValueError, match="finite"):
         spacing([[1.0, float("inf")], [0.0, 0.0]])
+
+
+def test_rank_correlations_by_hand():
+    from panacea_pl.pareto.front import rank_correlations
+
+    lam = np.array([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    rising = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    np.testing.assert_allclose(rank_correlations(lam, rising), [1.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(rank_correlations(lam, -rising), [-1.0, -1.0], atol=1e-5)
+    # dimension 0's ranks (0, 2, 1) against λ's (0, 1, 2): ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 12/24
+    swapped = np.array([[1.0, 3.0], [3.0, 2.0], [2.0, 1.0]])
+    np.testing.assert_allclose(rank_correlations(lam, swapped)[0], 0.5, atol=1e-5)
+    with pytest.raises(ValueError, match="must match"):
+        rank_correlations(lam, rising[:2])

@@ -37,27 +37,10 @@ from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
 from panacea_pl.layers import PanaceaAdapter
 from panacea_pl.lightning_cli import run_lightning_cli
+from panacea_pl.pareto.front import rank_correlations
 from panacea_pl.preference import simplex_grid
 
 HERE = Path(__file__).resolve().parent
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):  # average the ranks of ties
-            tie = v == value
-            r[tie] = r[tie].mean()
-        return r
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
-    return float((rx * ry).sum() / denom) if denom else float("nan")
 
 
 class EvaluateFront(pl.Callback):
@@ -119,7 +102,7 @@ class EvaluateFront(pl.Callback):
             seed=0,
             progress=False,
         )
-        lam0 = ev.preferences[:, 0]
+        rho = rank_correlations(ev.preferences, ev.objectives)
         out = {
             "lams": ev.preferences.tolist(),
             "G": ev.mean_gain,
@@ -130,8 +113,8 @@ class EvaluateFront(pl.Callback):
             "objectives": ev.objectives.tolist(),
             "regret": float(ev.regret.mean()),
             "hv_ratio": ev.hypervolume_ratio,
-            "rho_happy": spearman(lam0, ev.objectives[:, 0]),
-            "rho_sad": spearman(lam0, ev.objectives[:, 1]),
+            "rho_happy": float(rho[0]),
+            "rho_sad": -float(rho[1]),  # ρ(λ_happy, sad) = −ρ(λ_sad, sad) for m = 2
             "spp": self.args.samples_per_prompt,
         }
         if self.draw is not None:
@@ -179,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     cli = run_lightning_cli(
         ["--config", args.config, *overrides]
         + [f"--trainer.{limit}={max(args.at)}", "--trainer.callbacks=[]", "--trainer.logger=false"]
-        + [f"--trainer.default_root_dir={args.root / args.name}", "--trainer.enable_progress_bar=false"],
+        + [
+            f"--trainer.default_root_dir={args.root / args.name}",
+            "--trainer.enable_progress_bar=false",
+        ],
         run=False,
     )
     cli.trainer.callbacks.append(EvaluateFront(args, bench, draw))

@@ -119,6 +119,12 @@ def _report(sweep: ParetoSweep, seconds: float) -> None:
         f"      G, the fraction of the achievable gain (0 = base model, 1 = optimum): "
         f"{metrics['mean_gain']:.3f} ± {metrics['mean_gain_se']:.3f} (mean over the grid ± SE)"
     )
+    rho = [metrics.get(f"rank_correlation/{n}") for n in names]
+    if all(r is not None for r in rho):
+        print(
+            "      front ordered like λ (Spearman ρ of λ_i and objective i; 1 = monotone): "
+            + ", ".join(f"{n} {r:.2f}" for n, r in zip(names, rho, strict=True))
+        )
     before = sweep.first_metrics
     if before:
         print(

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import moocore
 import numpy as np
 import torch
+from torchmetrics.functional.regression import spearman_corrcoef
 
 from panacea_pl.preference import validate_preference
 
@@ -203,6 +204,24 @@ def spacing(points: ArrayLike) -> float:
     distances = np.abs(array[:, None, :] - array[None, :, :]).sum(axis=2)
     np.fill_diagonal(distances, np.inf)
     return float(distances.min(axis=1).std(ddof=1))
+
+
+def rank_correlations(preferences: ArrayLike, objectives: ArrayLike) -> np.ndarray:
+    """[m] Spearman's ρ between λ_i and objective i over a front's rows: 1 when every dimension's
+    score rises with its weight (a front ordered like its λ), −1 when it falls. Ties take average
+    ranks (torchmetrics' `spearman_corrcoef`)."""
+    lam = as_points(preferences, "preferences")
+    points = as_points(objectives, "objectives")
+    if lam.shape != points.shape:
+        raise ValueError(
+            f"preferences {list(lam.shape)} and objectives {list(points.shape)} must match"
+        )
+    return np.array(
+        [
+            float(spearman_corrcoef(torch.from_numpy(lam[:, i]), torch.from_numpy(points[:, i])))
+            for i in range(lam.shape[1])
+        ]
+    )
 
 
 def _maximise(maximize: Maximize, array: np.ndarray) -> np.ndarray:

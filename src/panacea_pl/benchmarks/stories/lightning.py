@@ -30,6 +30,7 @@ from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.hashing import settings_key
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
+from panacea_pl.pareto.front import rank_correlations
 
 
 class StoriesPolicy(PanaceaPolicy):
@@ -193,6 +194,7 @@ class StoriesEvaluator:
         self.last_evaluation = ev
         optimum = self.bench.optimal_front(preferences)
         scorers = self.bench.scorers
+        rho = rank_correlations(ev.preferences, ev.objectives)
         return FrontResult(
             preferences=ev.preferences,
             objectives=ev.objectives,
@@ -210,6 +212,10 @@ class StoriesEvaluator:
                 "hypervolume_ratio": ev.hypervolume_ratio,
                 "mean_regret": ev.mean_regret,
                 "mean_kl": float(ev.kl.mean()),
+            }
+            | {
+                f"rank_correlation/{n}": float(r)
+                for n, r in zip(ev.dimension_names, rho, strict=True)
             },
             optimum=optimum.objectives,
             base=ev.base_objectives,
