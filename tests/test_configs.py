@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,10 @@ LOCAL_RUNS = {
     "helpsteer/panacea_dpo_local.yaml": "runs/helpsteer_local/panacea_dpo",
     "reward_model/pku_local.yaml": "runs/reward_model_local/pku_cost",
     "sft/pku_local.yaml": "runs/sft_local/panacea_sft",
+}
+# CPU-sized configs that need another run's output first, with the test that runs them.
+LOCAL_RUNS_AFTER = {
+    "pku_saferlhf/panacea_grpo_local.yaml": "test_local_grpo_config_runs_on_the_local_scorer",
 }
 SHORT_RUN = [
     "--trainer.max_steps=2",
@@ -114,8 +121,11 @@ def last_value(rows: list[dict[str, str]], key: str) -> float:
 def test_configs_are_found():
     assert "stories/panacea_dpo.yaml" in ALL_CONFIGS
     assert "pku_saferlhf/panacea_dpo_7b.yaml" in ALL_CONFIGS
-    # a new CPU-sized config gets run by this file: list it in LOCAL_RUNS
-    assert {c for c in ALL_CONFIGS if c.endswith("local.yaml")} == set(LOCAL_RUNS)
+    assert "pku_saferlhf/panacea_grpo_7b.yaml" in ALL_CONFIGS
+    # a new CPU-sized config gets run by this file: list it in LOCAL_RUNS (or LOCAL_RUNS_AFTER)
+    local = {c for c in ALL_CONFIGS if c.endswith("local.yaml")}
+    assert local == set(LOCAL_RUNS) | set(LOCAL_RUNS_AFTER)
+    assert all(callable(globals().get(test)) for test in LOCAL_RUNS_AFTER.values())
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
@@ -219,6 +229,79 @@ def test_local_config_runs(config, in_run_dir):
     if config.startswith("reward_model/"):
         assert (version / "scorer" / "scorer_config.json").is_file()
         assert math.isfinite(last_value(rows, "val/cost/loss"))
+
+
+@pytest.mark.slow
+def test_local_grpo_config_runs_on_the_local_scorer(shared_data, stories_cache, tmp_path):
+    """The README's order through the `panacea-pl` console script, from a fresh folder: train
+    the stories260K helpful + cost scorer (`reward_model/pku_local.yaml`, 2 steps), then
+    Panacea-GRPO on the PKU prompts (`pku_saferlhf/panacea_grpo_local.yaml`, 2 iterations)
+    reading that scorer at the path the config ships with: exit 0, a checkpoint, rewards logged
+    per dimension, a Pareto sweep scored by the scorer."""
+    script = Path(sys.executable).with_name("panacea-pl")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PANACEA_DATA_DIR": str(shared_data),
+        "PANACEA_CACHE_DIR": str(stories_cache),
+        "WANDB_MODE": "offline",
+    }
+    quiet = [
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+    ]
+    csv_only = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
+
+    def panacea_pl(config: str, *extra: str) -> subprocess.CompletedProcess:
+        args = [str(script), "fit", "--config", str(EXPERIMENTS / config)]
+        args += [f"--data.init_args.cache_dir={tmp_path / 'cache'}", *quiet, *extra]
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stdout + proc.stderr
+        return proc
+
+    # the scorer lands where the GRPO config looks for it (its CSV logger's save_dir and name)
+    scorer_run = "runs/reward_model_local/pku_cost"
+    panacea_pl(
+        "reward_model/pku_local.yaml",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+        csv_only,
+        f"--trainer.logger.save_dir={Path(scorer_run).parent}",
+        f"--trainer.logger.name={Path(scorer_run).name}",
+    )
+    shipped = yaml.safe_load((EXPERIMENTS / "pku_saferlhf/panacea_grpo_local.yaml").read_text())
+    scorer = shipped["model"]["init_args"]["reward"]["init_args"]["scorer"]
+    assert scorer == f"{scorer_run}/version_0/scorer"
+    assert (tmp_path / scorer / "scorer_config.json").is_file()
+
+    panacea_pl(
+        "pku_saferlhf/panacea_grpo_local.yaml",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1",
+        csv_only,
+        "--trainer.logger.save_dir=runs/pku_saferlhf_local",
+        "--trainer.logger.name=panacea_grpo",
+        "--model.init_args.group_size=2",
+        "--model.init_args.minibatch_size=4",
+        "--model.init_args.max_new_tokens=8",
+        "--data.init_args.batch_size=2",
+    )
+    version = tmp_path / "runs/pku_saferlhf_local/panacea_grpo/version_0"
+    checkpoint = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2  # 2 iterations × one step over the 4 rows
+    trainable = {k for k in checkpoint["state_dict"] if "panacea" in k}
+    assert trainable and not any(k.startswith("reward.") for k in checkpoint["state_dict"])
+    rows = read_metrics(version)
+    for name in ("helpful", "harmless"):
+        assert math.isfinite(last_value(rows, f"train/{name}/reward"))
+        assert math.isfinite(last_value(rows, f"val/{name}/reward"))
+        assert 0.0 <= last_value(rows, f"train/lambda/{name}") <= 1.0
+    assert math.isfinite(last_value(rows, "train/kl"))
+    assert math.isfinite(last_value(rows, "pareto/hypervolume_final"))
+    assert (version / "pareto" / "final.csv").is_file()
 
 
 # ---- a user's subclasses plug in through class_path -------------------------------------------
