@@ -32,6 +32,7 @@ NOISE = (
     "git root",
     "anonymous setting",
     "Total length of `list`",
+    "in eval mode at the start of training",
     "Traceback",
 )
 

@@ -224,8 +224,12 @@ def test_vector_reward_function_reads_reward_heads_and_minus_cost(tiny_llama_dir
     expected = reward.scorer.score_texts(texts)
     torch.testing.assert_close(rewards[:, 0], expected.scores[:, 0])
     torch.testing.assert_close(rewards[:, 1], -expected.cost)
-    reward.train()
-    assert not reward.scorer.training and not any(p.requires_grad for p in reward.parameters())
+    reward.train()  # as Lightning does at fit start: no module left in eval mode to warn about
+    seen = []
+    reward.scorer.register_forward_pre_hook(lambda mod, args: seen.append(mod.training))
+    torch.testing.assert_close(reward(rollout), rewards)
+    assert seen and not any(seen), "the scorer must score in eval mode"
+    assert reward.scorer.training and not any(p.requires_grad for p in reward.parameters())
     with pytest.raises(ValueError, match="no head"):
         VectorRewardFunction(
             str(tmp_path / "scorer"),

@@ -23,6 +23,7 @@ from panacea_pl.evaluation.reward_model import (
     default_objectives,
     select_objectives,
 )
+from panacea_pl.models.experience import eval_mode
 from panacea_pl.models.generation import decode_rows
 from panacea_pl.models.reward import VectorRewardModel
 from panacea_pl.models.rollout import Rollout
@@ -50,8 +51,9 @@ class VectorRewardFunction(RewardFunction):
     Texts are decoded with the policy's tokenizer exactly as `RewardModelEvaluator` decodes
     them (prompt + response, special tokens kept but the leading BOS, stop token dropped) and
     scored with the scorer's own tokenizer, so training rewards and evaluated fronts agree and
-    the scorer may use a different vocabulary from the policy's. The scorer is frozen and stays
-    in eval mode.
+    the scorer may use a different vocabulary from the policy's. The scorer is frozen and scores
+    in eval mode (switched for the call only, so Lightning's train mode on the whole module
+    neither reaches it nor warns about modules left in eval mode).
 
     Args:
         scorer: folder of a saved `VectorRewardModel`, or the model.
@@ -77,7 +79,9 @@ class VectorRewardFunction(RewardFunction):
         super().__init__()
         if not isinstance(scorer, VectorRewardModel):
             scorer = VectorRewardModel.load(scorer, dtype=scorer_dtype)
-        self.scorer = scorer.eval().requires_grad_(False)
+        # frozen; in train mode like the rest of the LightningModule (Lightning warns about
+        # modules left in eval mode), switched to eval mode for each scoring call
+        self.scorer = scorer.train().requires_grad_(False)
         self.dimension_names = list(dimension_names)
         mapping = objectives or default_objectives(self.dimension_names, scorer, cost_dimension)
         check_objectives(mapping, self.dimension_names, scorer)
@@ -90,21 +94,16 @@ class VectorRewardFunction(RewardFunction):
             self.scorer_tokenizer.pad_token = self.scorer_tokenizer.eos_token
         self.batch_size = batch_size
 
-    def train(self, mode: bool = True) -> VectorRewardFunction:
-        """The scorer never leaves eval mode (Lightning sets train mode on the whole module)."""
-        super().train(mode)
-        self.scorer.eval()
-        return self
-
     @torch.no_grad()
     def forward(self, rollout: Rollout) -> torch.Tensor:
         texts = decode_rows(self.policy_tokenizer, rollout.prompt_ids(), rollout.response_ids())
         device = self.scorer.score_head.weight.device
         out = []
-        for start in range(0, len(texts.texts), self.batch_size):
-            enc = self.scorer_tokenizer(
-                texts.texts[start : start + self.batch_size], return_tensors="pt", padding=True
-            )
-            scores = self.scorer(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-            out.append(select_objectives(scores, self.sources, self.scorer).float())
+        with eval_mode(self.scorer):
+            for start in range(0, len(texts.texts), self.batch_size):
+                enc = self.scorer_tokenizer(
+                    texts.texts[start : start + self.batch_size], return_tensors="pt", padding=True
+                )
+                scores = self.scorer(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                out.append(select_objectives(scores, self.sources, self.scorer).float())
         return torch.cat(out)
