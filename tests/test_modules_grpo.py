@@ -254,25 +254,33 @@ def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_p
 
 
 def test_token_kl_credits_each_token_with_the_kl_still_to_come(tiny_llama_dir):
-    """kl_in="token": token t's advantage is A − β·Σ_{t' ≥ t} (log π − log π_ref)(y_t') on
-    response tokens, 0 elsewhere; the reward part A is the group advantage of the rewards alone."""
+    """kl_in="token": token t's advantage is A − β·(K_t − b_t) on response tokens, 0 elsewhere,
+    with K_t = Σ_{t' ≥ t} (log π − log π_ref)(y_t') and b_t the mean of K_t over the group's
+    other responses that have a token at t; A is the group advantage of the rewards alone."""
     module = build(tiny_llama_dir, kl_in="token").train()
     scored = module.score_rollout(prompt_batch(tiny_llama_dir))
     torch.testing.assert_close(module.training_rewards(scored), scored.rewards)
     adv = module.advantages(scored).advantages
     tokens = module.token_advantages(scored, adv)
     n, t = scored.mask.shape
+    to_come = torch.zeros(n, t)
+    for row in range(n):
+        for col in range(t):
+            if scored.mask[row, col]:
+                later = scored.mask[row, col:]
+                to_come[row, col] = (scored.logps[row, col:] - scored.ref_logps[row, col:])[
+                    later
+                ].sum()
     expected = torch.zeros(n, t)
     for row in range(n):
+        group = range(3 * (row // 3), 3 * (row // 3) + 3)
         for col in range(t):
             if not scored.mask[row, col]:
                 continue
-            later = scored.mask[row, col:]
-            ratio = (scored.logps[row, col:] - scored.ref_logps[row, col:])[later].sum()
-            expected[row, col] = adv[row] - 0.2 * ratio
+            others = [to_come[o, col] for o in group if o != row and scored.mask[o, col]]
+            baseline = sum(others) / len(others) if others else 0.0
+            expected[row, col] = adv[row] - 0.2 * (to_come[row, col] - baseline)
     torch.testing.assert_close(tokens, expected)
-    # the first response token carries the whole sequence's KL: A − β·KL̂
-    first = scored.mask.float().argmax(-1)
-    torch.testing.assert_close(tokens[torch.arange(n), first], adv - 0.2 * scored.kl)
+    assert (tokens[~scored.mask] == 0).all()
     out = module.grpo_loss(scored, tokens, torch.arange(n))
     assert torch.isfinite(out.loss)

@@ -18,8 +18,9 @@ One training step is one iteration on one batch of prompts:
    from every dimension's reward, so each J_i = E[r_i] − β·KL(π ‖ π_ref) and the linear
    scalarisation's optimum is π_ref·exp(λ·r/β) exactly (the stories benchmark's, β = β_eff).
    `kl_in="token"`: the same objective with the KL's gradient credited per token: token t's
-   advantage is A − β·Σ_{t'≥t} log π/π_ref(y_t') (the KL still to come, as PPO's per-token
-   penalty without a critic), an unbiased and lower-variance estimate of the same gradient.
+   advantage is A − β·(Σ_{t'≥t} log π/π_ref(y_t') − b_t) (the KL still to come, as PPO's
+   per-token penalty, with a leave-one-out group baseline b_t instead of a critic): an unbiased
+   estimate of the same gradient that does not charge a token for the KL spent before it.
    `kl_in="loss"`: GRPO's k3 term β·k3 per token in the loss instead (its optimum is that of the
    forward KL; see `panacea_pl.objectives.grpo`).
 3. **Advantages** (`panacea_pl.objectives.group_advantage.GroupAdvantage`): per-dimension group
@@ -193,12 +194,19 @@ class PanaceaGRPO(PanaceaModule):
 
     def token_advantages(self, scored: ScoredRollout, advantages: Tensor) -> Tensor:
         """The advantages the loss sees: [N] per response, or with `kl_in="token"` [N, T] per
-        token, A − β·(the response's log π/π_ref from that token on)."""
+        token, A − β·(K_t − b_t): K_t the response's log π/π_ref from token t on, b_t the mean
+        of K_t over the group's other responses that reach position t (a leave-one-out baseline:
+        it does not depend on the row's own tokens, so the gradient stays unbiased)."""
         if self.kl_in != "token":
             return advantages
-        log_ratio = (scored.logps - scored.ref_logps) * scored.mask
-        to_come = log_ratio.flip(-1).cumsum(-1).flip(-1)
-        return (advantages[:, None] - self.kl_coef * to_come) * scored.mask
+        mask = scored.mask.to(advantages.dtype)
+        to_come = ((scored.logps - scored.ref_logps) * mask).flip(-1).cumsum(-1).flip(-1)
+        n, t, g = *to_come.shape, self.group_size
+        grouped, present = to_come.view(-1, g, t), mask.view(-1, g, t)
+        others = grouped.sum(1, keepdim=True) - grouped  # K is 0 where a response has ended
+        count = present.sum(1, keepdim=True) - present
+        baseline = torch.where(count > 0, others / count.clamp(min=1), 0.0).view(n, t)
+        return (advantages[:, None] - self.kl_coef * (to_come - baseline)) * mask
 
     def advantages(self, scored: ScoredRollout) -> GroupAdvantages:
         """Group-relative advantages of a scored rollout under its per-group λ."""
