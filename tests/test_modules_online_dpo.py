@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 import tiny
 from panacea_pl.data.collate import PromptCollator
+from panacea_pl.evaluation.crn import GumbelSampler, mix32
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules import PanaceaOnlineDPO
@@ -253,3 +254,59 @@ def test_shipped_online_dpo_config_fits_through_the_console_script(shared_data, 
     assert state["global_step"] == 2  # one optimiser step per iteration
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
     assert {"train/happy/label", "train/sad/objective", "train/kl"} <= set().union(*rows)
+
+
+class PromptKeyedSampler(GumbelSampler):
+    """Keyed sampling whose noise depends on the prompt's tokens and the response's index within
+    its group only: the same responses whichever rank and batch a prompt lands in."""
+
+    def __init__(self, group_size: int, pad_token_id: int):
+        super().__init__(torch.zeros(0, dtype=torch.int64), prompt_width=0)
+        self.group_size, self.pad_token_id = group_size, pad_token_id
+        self.last_length = None
+
+    def __call__(self, input_ids, scores):
+        if self.last_length is None or input_ids.shape[1] <= self.last_length:  # a new generate
+            self.prompt_width = input_ids.shape[1]
+            keys = []
+            for row, ids in enumerate(input_ids.tolist()):
+                key = row % self.group_size
+                for token in (t for t in ids if t != self.pad_token_id):
+                    key = int(mix32(torch.tensor(key * 31 + token)))
+                keys.append(key)
+            self.keys = torch.tensor(keys)
+        self.last_length = input_ids.shape[1]
+        return super().__call__(input_ids, scores)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_path):
+    """Prompt-keyed sampling (so both runs draw the same responses), one λ per prompt dealt like
+    the prompts, the aggregator's means over the global batch: 2 ranks × 2 prompts train the
+    weights 1 × 4 prompts do."""
+    from test_modules_grpo import fit_ranks
+
+    pad = build(tiny_llama_dir).tokenizer.pad_token_id
+
+    def module():
+        sampler = PromptKeyedSampler(group_size=3, pad_token_id=pad)
+        return build(
+            tiny_llama_dir,
+            generation_kwargs={"do_sample": False, "logits_processor": [sampler]},
+            # SGD: Adam's first step g/(|g| + ε) would magnify float noise in small gradients
+            optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        )
+
+    single = module()
+    initial = {k: p.detach().clone() for k, p in single.named_parameters() if p.requires_grad}
+    fit_ranks(single, tmp_path / "one", batch_size=4)
+    fit_ranks(
+        module(), tmp_path / "two", batch_size=2, devices=2, accelerator="cpu", strategy="ddp_fork"
+    )
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
+    assert any(not torch.equal(initial[k], one[k]) for k in initial)
+    for key, value in one.items():
+        torch.testing.assert_close(ranks[0][key], value, msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(ranks[1][key], value, msg=lambda m, k=key: f"{k}: {m}")
