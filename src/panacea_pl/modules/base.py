@@ -296,5 +296,3 @@ class PanaceaModule(pl.LightningModule):
             parts.append(f"{len(missing)} adapter tensors are missing, e.g. {missing[:3]}")
         parts.append("resume with the adapter settings the checkpoint was trained with")
         return ". ".join(parts)
-        if SAMPLER_STATE_KEY in checkpoint:
-            self.sampler.load_state_dict(checkpoint[SAMPLER_STATE_KEY])
