@@ -63,7 +63,7 @@ class TinyPairs(pl.LightningDataModule):
 
 def new_policy(model_dir, seed: int = 0) -> PanaceaPolicy:
     torch.manual_seed(seed)  # the adapter's V initialisation
-    return PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    return PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
 
 
 def random_state(policy: PanaceaPolicy, seed: int) -> dict[str, torch.Tensor]:
@@ -264,7 +264,7 @@ def baseline_config(model_dir: Path, root: Path, kind: str) -> dict:
                     "class_path": "panacea_pl.models.PanaceaPolicy",
                     "init_args": {
                         "model_name_or_path": str(model_dir),
-                        "adapter": {"rank": 2, "num_preferences": 2},
+                        "adapter": {"num_general": 2, "num_preferences": 2},
                     },
                 },
                 "loss": {

@@ -36,7 +36,7 @@ def scorer_dir(tmp_path_factory, tiny_llama_dir):
 
 def make_module(model_dir, trained: bool = True) -> PanaceaDPO:
     module = PanaceaDPO(
-        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=4, num_preferences=2)),
+        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=4, num_preferences=2)),
         dimension_names=["helpful", "harmless"],
         optimizer=lambda p: torch.optim.Adam(p, lr=2e-2),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from panacea_pl.layers import (
     read_adapter_config,
     save_adapter,
 )
+from panacea_pl.modules.base import ADAPTER_CONFIG_KEY, PanaceaModule
 
 CONFIG = "panacea_config.json"
 WEIGHTS = "panacea_adapter.safetensors"
@@ -24,7 +26,9 @@ WEIGHTS = "panacea_adapter.safetensors"
 
 @pytest.fixture
 def saved(tiny_llama_dir, tmp_path):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=4, num_preferences=2))
+    adapter = inject_adapter(
+        tiny.load(tiny_llama_dir), PanaceaConfig(num_general=4, num_preferences=2)
+    )
     return save_adapter(adapter, tmp_path / "adapter")
 
 
@@ -40,9 +44,9 @@ def edit_meta(folder, edit) -> None:
         ("alpha", 0, "alpha = 0: expected a finite number > 0"),
         ("alpha", -2.0, "alpha = -2.0: expected a finite number > 0"),
         ("alpha", float("nan"), "alpha = nan"),
-        ("rank", -1, "rank = -1: expected an integer >= 0"),
-        ("rank", "4", "rank = '4': expected an integer"),
-        ("rank", 2.5, "rank = 2.5"),
+        ("num_general", -1, "num_general = -1: expected an integer >= 0"),
+        ("num_general", "4", "num_general = '4': expected an integer"),
+        ("num_general", 2.5, "num_general = 2.5"),
         ("num_preferences", 0, "num_preferences = 0: expected an integer >= 1"),
         ("num_preferences", True, "num_preferences = True"),
         ("dropout", 1.0, r"dropout = 1.0: expected a number in \[0, 1\)"),
@@ -70,7 +74,7 @@ def test_config_dtype_aliases_are_canonical():
 
 
 def test_adapter_dtype_alias_reaches_the_weights(tiny_llama_dir):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=2, dtype="bf16"))
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(num_general=2, dtype="bf16"))
     assert {p.dtype for p in adapter.parameters()} == {torch.bfloat16}
 
 
@@ -80,10 +84,10 @@ def test_missing_layers_field(saved):
         read_adapter_config(saved)
 
 
-def test_string_rank_in_saved_json(saved, tiny_llama_dir):
-    edit_meta(saved, lambda m: m["config"].update(rank="4"))
+def test_string_num_general_in_saved_json(saved, tiny_llama_dir):
+    edit_meta(saved, lambda m: m["config"].update(num_general="4"))
     with pytest.raises(
-        AdapterLoadError, match=r"panacea_config.json: field 'config': .*rank = '4'"
+        AdapterLoadError, match=r"panacea_config.json: field 'config': .*num_general = '4'"
     ):
         load_adapter(tiny.load(tiny_llama_dir), saved)
 
@@ -92,6 +96,27 @@ def test_missing_config_field_is_not_defaulted(saved):
     edit_meta(saved, lambda m: m["config"].pop("num_preferences"))
     with pytest.raises(AdapterLoadError, match=r"field 'config' lacks \['num_preferences'\]"):
         read_adapter_config(saved)
+
+
+def test_legacy_rank_field_is_read_as_num_general(saved, tiny_llama_dir):
+    """Folders saved before the rename store k as `rank`; they load with k intact."""
+    edit_meta(saved, lambda m: m["config"].update(rank=m["config"].pop("num_general")))
+    assert read_adapter_config(saved).num_general == 4
+    loaded = load_adapter(tiny.load(tiny_llama_dir), saved)
+    assert loaded.config.num_general == 4 and loaded.config.total_rank == 6
+    edit_meta(saved, lambda m: m["config"].update(num_general=4))
+    with pytest.raises(AdapterLoadError, match="'rank' and 'num_general' both given"):
+        read_adapter_config(saved)
+
+
+def test_legacy_checkpoint_config_is_compared_under_the_new_name():
+    """A checkpoint's saved adapter config with the old `rank` key names `num_general`."""
+    module = SimpleNamespace(
+        policy=SimpleNamespace(adapter=SimpleNamespace(config=PanaceaConfig()))
+    )
+    checkpoint = {ADAPTER_CONFIG_KEY: {"rank": 0, "num_preferences": 2}}
+    message = PanaceaModule._mismatch_message(module, checkpoint, [], [])
+    assert "num_general=0 in the checkpoint, 8 in the config" in message
 
 
 def test_bad_layer_shape_and_non_object_json(saved, tiny_llama_dir):
@@ -130,7 +155,7 @@ def test_old_adapter_without_checksum_loads_but_refuses_nan(saved, tiny_llama_di
 
 
 def test_export_peft_refuses_non_empty_folder(tiny_llama_dir, tmp_path):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=2))
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(num_general=2))
     out = export_peft(adapter, tmp_path / "lora", [0.2, 0.8])
     first = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="is not empty.*overwrite=True"):

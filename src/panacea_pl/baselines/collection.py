@@ -1,7 +1,7 @@
 """The paper's baselines as policies the evaluators take: several trained adapters behind one
 model, swapped (DPS) or interpolated (rewarded soups) for each λ.
 
-    base = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    base = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(num_general=8, num_preferences=2))
     dps = DPSPolicy.from_adapters(base, {(1.0, 0.0): "dps/e0/adapter", (0.5, 0.5): …, …})
     rs = RewardedSoupsPolicy.from_adapters(base, ["rs/e0/adapter", "rs/e1/adapter"])
     with rs.preference([0.3, 0.7]):         # θ = 0.3·θ_0 + 0.7·θ_1, loaded into the one model

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from panacea_pl.atomic import atomic_write
-from panacea_pl.layers.config import PanaceaConfig
+from panacea_pl.layers.config import PanaceaConfig, upgrade_fields
 from panacea_pl.layers.functional import singular_values
 from panacea_pl.layers.layer import linear_shape
 from panacea_pl.layers.model import PanaceaAdapter, inject_adapter
@@ -169,14 +169,18 @@ def _read_meta(directory: Path) -> dict:
 
 
 def _config_of(meta: dict, path: Path) -> PanaceaConfig:
-    missing = [f for f in ("rank", "num_preferences") if f not in meta["config"]]
+    try:
+        fields = upgrade_fields(meta["config"])
+    except ValueError as err:
+        raise AdapterLoadError(f"{path}: field 'config': {err}") from None
+    missing = [f for f in ("num_general", "num_preferences") if f not in fields]
     if missing:
         raise AdapterLoadError(
             f"{path}: field 'config' lacks {missing}; expected the PanaceaConfig the adapter was "
             "saved with (its weights' shapes depend on them)"
         )
     try:
-        return PanaceaConfig.from_dict(meta["config"])
+        return PanaceaConfig.from_dict(fields)
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"{path}: field 'config': {err}") from None
 

@@ -1,6 +1,6 @@
 """The policy: a Hugging Face causal LM with the Panacea adapter, built from a path.
 
-    policy = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    policy = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(num_general=8, num_preferences=2))
     logps = policy.sequence_logprobs(batch)                  # adapter on, current λ
     with policy.adapter.disabled():
         ref = policy.sequence_logprobs(batch)                # the reference, no second copy
@@ -73,7 +73,7 @@ class PanaceaPolicy(nn.Module):
 
     Args:
         model_name_or_path: a Hugging Face model folder or hub name (`from_pretrained`).
-        adapter: shape and placement of a new adapter. With `adapter_path` too, its rank and
+        adapter: shape and placement of a new adapter. With `adapter_path` too, its num_general and
             num_preferences must equal the saved adapter's.
         adapter_path: a folder written by `save_adapter`, to continue from or evaluate.
         dtype: dtype of the base weights ("float32", "bfloat16"/"bf16", "float16"/"fp16", …).
@@ -179,7 +179,7 @@ class PanaceaPolicy(nn.Module):
 def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> PanaceaConfig:
     """Read a saved adapter's config and refuse one that contradicts the `adapter` also given.
 
-    Compared: rank, num_preferences, alpha, dropout and dtype (target_modules are saved as full
+    Compared: num_general, num_preferences, alpha, dropout and dtype (target_modules are saved as full
     layer names and checked against the model when the adapter loads).
 
     Raises:
@@ -191,7 +191,7 @@ def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> Pa
         return saved
     differ = [
         f"{field} {getattr(adapter, field)!r} (adapter) vs {getattr(saved, field)!r} (saved)"
-        for field in ("num_preferences", "rank", "alpha", "dropout", "dtype")
+        for field in ("num_preferences", "num_general", "alpha", "dropout", "dtype")
         if getattr(adapter, field) != getattr(saved, field)
     ]
     if differ:

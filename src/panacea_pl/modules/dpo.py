@@ -1,6 +1,6 @@
 """Panacea with multi-objective DPO: one DPO loss per dimension, aggregated with λ.
 
-    module = PanaceaDPO(policy=PanaceaPolicy(path, adapter=PanaceaConfig(rank=8, num_preferences=2)),
+    module = PanaceaDPO(policy=PanaceaPolicy(path, adapter=PanaceaConfig(num_general=8, num_preferences=2)),
                         loss=MultiObjectiveDPOLoss(beta=0.1), aggregator=Tchebycheff())
     Trainer(max_steps=200).fit(module, datamodule=PreferenceDataModule(...))
 
