@@ -154,7 +154,7 @@ def test_rewarded_soups_interpolates_every_adapter_tensor(tiny_llama_dir, tmp_pa
     for i, state in enumerate(states):
         dirs.append(save_adapter(with_state(tiny_llama_dir, state).adapter, tmp_path / f"e{i}"))
     soup = RewardedSoupsPolicy.from_adapters(str(tiny_llama_dir), dirs)  # base loaded from disk
-    assert isinstance(soup, PreferencePolicy) and not soup.per_sample_preference
+    assert isinstance(soup, PreferencePolicy) and not soup.accepts_row_preferences
     batch = TinyPairs(str(tiny_llama_dir)).collate(tiny.pair_rows(tiny_llama_dir)[0])
 
     for i, corner in enumerate(([1.0, 0.0], [0.0, 1.0])):

@@ -4,7 +4,7 @@ For each λ of the grid, the module's loss gives each response its implicit rewa
 (`PreferenceLoss.implicit_rewards`: β (log π_λ(y) − log π_ref(y)) for DPO, β log π_λ(y) for a
 reference-free loss, which then needs no reference pass), and that ranks each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
 evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk. A policy that
-takes one λ per forward pass (`per_sample_preference` False: the baselines' policy collections)
+takes one λ per forward pass (`accepts_row_preferences` False: the baselines' policy collections)
 gets chunks of one λ.
 """
 
@@ -55,7 +55,7 @@ class ImplicitRewardEvaluator:
             if not loss.is_reference_free:
                 with policy.reference():
                     reference = policy.sequence_logprobs(batch).double().cpu()
-            chunk = max(1, self.max_rows // (2 * b)) if policy.per_sample_preference else 1
+            chunk = max(1, self.max_rows // (2 * b)) if policy.accepts_row_preferences else 1
             for start in range(0, len(grid), chunk):
                 lams = grid[start : start + chunk]
                 g = len(lams)

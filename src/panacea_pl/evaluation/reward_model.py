@@ -20,9 +20,9 @@ or from YAML:
 **Rows.** Every prompt is answered under every λ of the grid: rows = grid λ × prompts (×
 `samples_per_prompt`), one λ row per sequence, `max_rows` rows per `policy.generate` call, so the
 whole grid goes through in per-sample batches (for a policy that takes one λ per batch,
-`per_sample_preference` False — the baselines' collections — no call mixes two λ). Prompt + response texts are scored by the
-`VectorRewardModel` loaded from `scorer` (`VectorRewardModel.load`); f_i(λ) is the mean over the
-prompts, its standard error is the column `"{objective} se"`.
+`accepts_row_preferences` False — the baselines' collections — no call mixes two λ). Prompt +
+response texts are scored by the `VectorRewardModel` loaded from `scorer`
+(`VectorRewardModel.load`); f_i(λ) is the mean over the prompts, its standard error is the column `"{objective} se"`.
 
 **Objectives.** `objectives` maps each policy dimension (in the module's `dimension_names`) to
 one output of the scorer: `"score:<name>"` (the scorer's reward head `<name>`, higher is better)
@@ -315,7 +315,7 @@ class RewardModelEvaluator:
         (Generations, scores [N, m]) in row order. Row i's noise key is i mod K (its prompt and
         sample), so every λ and the base model share the draws."""
         keys = row_keys(self.seed, torch.arange(len(prompts)) % per_lambda)
-        group_size = None if getattr(policy, "per_sample_preference", True) else per_lambda
+        group_size = None if getattr(policy, "accepts_row_preferences", True) else per_lambda
         plan = shard_plan(len(prompts), self.max_rows, group_size, sharded=self.distributed)
         local = generate_rows(
             policy,

@@ -36,17 +36,19 @@ from panacea_pl.preference import PreferenceLike
 class PreferencePolicy(Protocol):
     """What an evaluator needs from a policy steered by λ.
 
-    Panacea's policy takes a different λ per row of a batch (`per_sample_preference` True); a
+    Panacea's policy takes a different λ per row of a batch (`accepts_row_preferences` True); a
     collection of baseline models (DPS, rewarded soups) swaps weights and takes one λ per
-    forward pass (False): evaluators then send every λ in batches of its own.
+    forward pass (False): evaluators then send every λ in batches of its own. (Not to be
+    confused with a training module's `per_sample_preference`, which says whether training
+    *draws* one λ per example.)
 
     Attributes:
         model: the causal LM that is run and generates (with the current λ's weights).
-        per_sample_preference: whether one batch may hold different λ rows.
+        accepts_row_preferences: whether one forward pass may take a different λ per row.
     """
 
     model: nn.Module
-    per_sample_preference: bool
+    accepts_row_preferences: bool
 
     @property
     def num_preferences(self) -> int: ...
@@ -114,7 +116,7 @@ class PanaceaPolicy(nn.Module):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
 
-    per_sample_preference = True
+    accepts_row_preferences = True
 
     @property
     def num_preferences(self) -> int:
