@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tiny
 from panacea_pl.layers import (
@@ -171,3 +172,24 @@ def test_export_peft_refuses_non_empty_folder(tiny_llama_dir, tmp_path):
     with pytest.raises(FileExistsError, match=r"not a PEFT export \(\['notes.txt'\]\)"):
         export_peft(adapter, out, [0.9, 0.1], overwrite=True)
     assert (out / "notes.txt").exists()
+
+
+def test_export_peft_puts_c_in_lora_a_and_u_in_lora_b(tiny_llama_dir, tmp_path):
+    """As its docstring says: lora_B = U, lora_A = c·diag(σ, s·λ)·V (here c = 8 / (2 + 2) = 2)."""
+    config = PanaceaConfig(num_general=2, num_preferences=2, alpha=8.0)
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn_like(p))
+    out = export_peft(adapter, tmp_path / "lora", [0.25, 0.75])
+    tensors = load_file(out / "adapter_model.safetensors")
+    name, layer = next(iter(adapter.layers.items()))
+    lam = torch.tensor([0.25, 0.75])
+    d = 2.0 * torch.cat([layer.panacea_sigma, layer.panacea_scale * lam]).detach()
+    prefix = f"base_model.model.{name}"
+    torch.testing.assert_close(tensors[f"{prefix}.lora_B.weight"], layer.panacea_U.detach())
+    torch.testing.assert_close(
+        tensors[f"{prefix}.lora_A.weight"], d[:, None] * layer.panacea_V.detach()
+    )
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == config.total_rank == 4
