@@ -1,8 +1,8 @@
 """Prompts in, responses out: one batched `generate` call per chunk, one λ row per sequence.
 
     prompt_ids = encode_prompts(tokenizer, ["How do I bake bread?"], TokenizationSpec())
-    rows = [ids for _ in grid for ids in prompt_ids]            # prompts × λ, λ-major
-    out = generate_rows(policy, tokenizer, rows, grid.repeat_interleave(len(prompt_ids), 0),
+    rows = tile_rows(prompt_ids, len(grid))                     # prompts × λ, λ-major
+    out = generate_rows(policy, tokenizer, rows, repeat_rows(grid, len(prompt_ids)),
                         max_rows=64, max_new_tokens=32)
     out.texts[0]        # decoded prompt + response of the first row (what a scorer reads)
     out.responses[0]    # the response alone

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.rows import repeat_rows, tile_rows
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "response_mask")
 
@@ -59,12 +60,12 @@ class ImplicitRewardEvaluator:
             for start in range(0, len(grid), chunk):
                 lams = grid[start : start + chunk]
                 g = len(lams)
-                repeated = {k: batch[k].repeat(g, 1) for k in SEQUENCE_KEYS}
-                # rows: for each λ, its B a-responses then its B b-responses
-                rows = lams.repeat_interleave(2 * b, dim=0)
+                # rows: for each λ, a copy of the pair batch (its B a rows, then its B b rows)
+                repeated = {k: tile_rows(batch[k], g) for k in SEQUENCE_KEYS}
+                rows = repeat_rows(lams, 2 * b)
                 with policy.preference(rows):
                     logps = policy.sequence_logprobs(repeated).double().cpu()
-                ref = None if reference is None else reference.repeat(g)
+                ref = None if reference is None else tile_rows(reference, g)
                 rewards = loss.implicit_rewards(logps, ref).view(g, 2, b)
                 h = rewards[:, 0] - rewards[:, 1]  # [g, B]: implicit reward of a minus b
                 signed = h[:, :, None] * signs[None]  # [g, B, m]

@@ -72,6 +72,7 @@ from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.evaluation.sharding import gather, shard_plan
 from panacea_pl.models.generation import Generations
 from panacea_pl.models.reward import ScorerOutput, VectorRewardModel
+from panacea_pl.rows import group_rows, repeat_rows, tile_rows
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +257,14 @@ class RewardModelEvaluator:
         mapping = self.resolve_objectives(names)
         sources = list(mapping.values())
         tokenizer = policy.tokenizer()
-        prompts = [
-            ids
-            for ids in self.prompt_ids(module, tokenizer)
-            for _ in range(self.samples_per_prompt)
-        ]
+        prompts = repeat_rows(self.prompt_ids(module, tokenizer), self.samples_per_prompt)
         k, grid = len(prompts), preferences.detach().float().cpu()
         self._place_scorer(module.device)
 
-        rows = grid.repeat_interleave(k, 0)  # λ-major: the k prompt rows of λ_0, then λ_1, …
-        generations, scores = self._sweep(policy, tokenizer, prompts * len(grid), rows, k, sources)
-        scores = scores.view(len(grid), k, -1)
+        rows = repeat_rows(grid, k)  # λ-major: the k prompt rows of λ_0, then λ_1, …
+        texts = tile_rows(prompts, len(grid))
+        generations, scores = self._sweep(policy, tokenizer, texts, rows, k, sources)
+        scores = group_rows(scores, k)  # [λ, k, objectives]
         objectives, se = _mean_se(scores)
         self.last_generations = generations
 
@@ -291,7 +289,7 @@ class RewardModelEvaluator:
         lower = reference if self.lower is None else np.asarray(self.lower, dtype=np.float64)
         upper = lower + 1.0 if self.upper is None else np.asarray(self.upper, dtype=np.float64)
 
-        lengths = generations.lengths.reshape(len(grid), k).mean(1)
+        lengths = group_rows(generations.lengths, k).mean(1)
         return FrontResult(
             preferences=preferences.detach().cpu().numpy(),
             objectives=objectives,

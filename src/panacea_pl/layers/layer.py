@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from panacea_pl.checks import resolve_dtype
 from panacea_pl.layers.config import PanaceaConfig
 from panacea_pl.layers.functional import panacea_linear, singular_values
+from panacea_pl.rows import repeat_rows
 
 
 @dataclass
@@ -181,7 +182,7 @@ def _repeat_rows(rows: torch.Tensor, x: torch.Tensor, repeats: int) -> torch.Ten
     """
     b, n = rows.shape[0], x.shape[0]
     if n == b * repeats:
-        return rows if repeats == 1 else rows.repeat_interleave(repeats, dim=0)
+        return repeat_rows(rows, repeats)
     hint = (
         f"; to give each λ row to {n // b} consecutive sequences (generate with "
         f"num_return_sequences={n // b} or num_beams={n // b}), pass repeats={n // b} with the "

@@ -62,6 +62,7 @@ from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
 from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, group_std
 from panacea_pl.objectives.grpo import GroupPolicyLoss
+from panacea_pl.rows import repeat_rows
 
 
 class PanaceaGRPO(PanaceaModule):
@@ -156,7 +157,7 @@ class PanaceaGRPO(PanaceaModule):
         lam = self.sample_preference(num_prompts)
         if lam.dim() == 1:
             lam = lam.expand(num_prompts, -1)
-        return lam.repeat_interleave(self.group_size, 0)
+        return repeat_rows(lam, self.group_size)
 
     def needs_old_logps(self, rows: int) -> bool:
         """Whether a rollout of `rows` rows needs log π_old from a separate pass: not when the
