@@ -3,10 +3,12 @@
     run_lightning_cli(["fit", "--config", "experiments/stories/panacea_dpo.yaml"])
 
 What it adds to Lightning's: any LightningModule / DataModule subclass by `class_path`
-(a user's own module too), omegaconf parsing with `panacea_pl.resolvers`, atomic checkpoint
-writes (`AtomicCheckpointIO`), a `last.ckpt` in every run's `checkpoints/` when the config
-names no `ModelCheckpoint`, checks that fail before anything loads (m stated alike by every
-component; a `--ckpt_path` that is readable), and a quiet console.
+(a user's own module too), omegaconf parsing with `panacea_pl.resolvers` (in jsonargparse's
+omegaconf+ mode: interpolations resolve once every config file and `--key value` is merged), m
+stated once as the top-level `num_preferences` (components say `${panacea.num_preferences:}`),
+atomic checkpoint writes (`AtomicCheckpointIO`), a `last.ckpt` in every run's `checkpoints/`
+when the config names no `ModelCheckpoint`, checks that fail before anything loads (m stated
+alike by every component; a `--ckpt_path` that is readable), and a quiet console.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import lightning.pytorch as pl
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from omegaconf.errors import InterpolationResolutionError
 
 from panacea_pl.callbacks.progress import ProgressBar as PanaceaProgressBar
 from panacea_pl.config_checks import check_dimension_agreement
@@ -37,11 +40,17 @@ CLI_SETTINGS: dict[str, Any] = {
     "datamodule_class": pl.LightningDataModule,
     "subclass_mode_model": True,
     "subclass_mode_data": True,
-    "parser_kwargs": {"parser_mode": "omegaconf"},
+    "parser_kwargs": {"parser_mode": "omegaconf+"},
     "save_config_kwargs": {"overwrite": True},
     "trainer_defaults": TRAINER_DEFAULTS,
     "auto_configure_optimizers": False,
 }
+
+NUM_PREFERENCES_HELP = (
+    "m, the number of preference dimensions, stated once for the whole config: every component "
+    "that takes m says `${panacea.num_preferences:}`, resolved after all config files and "
+    "command-line arguments are merged (omegaconf+), so `--num_preferences=3` changes them all"
+)
 
 #: `--ckpt_path` values that Lightning resolves itself.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -75,6 +84,16 @@ class PanaceaCLI(LightningCLI):
         prepare_parsing()
         settings = {"parser_class": ShortUsageParser, **CLI_SETTINGS, **kwargs}
         super().__init__(args=args, run=run, **settings)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_num_preferences(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, with an interpolation that cannot resolve reported as a parse error."""
+        try:
+            super().parse_arguments(parser, args)
+        except InterpolationResolutionError as err:
+            parser.error(str(err).splitlines()[0])
 
     def _parse_ckpt_path(self) -> None:
         """Read `--ckpt_path` with clear errors, and restore the module's arguments from it.
@@ -131,6 +150,14 @@ class PanaceaCLI(LightningCLI):
         if extra:
             kwargs["callbacks"] = callbacks + extra
         return super().instantiate_trainer(**kwargs)
+
+
+def add_num_preferences(parser: LightningArgumentParser) -> None:
+    """The top-level `num_preferences`: m, stated once per config. A component that takes m says
+    `${panacea.num_preferences:}` (`panacea_pl.resolvers`), which resolves to it."""
+    parser.add_argument(
+        "--num_preferences", type=int | None, default=None, help=NUM_PREFERENCES_HELP
+    )
 
 
 def _accepted_arguments(class_path: str | None, hparams: dict[str, Any]) -> dict[str, Any]:
