@@ -3,9 +3,8 @@
     run_lightning_cli(["fit", "--config", "experiments/stories/panacea_dpo.yaml"])
 
 What it adds to Lightning's: any LightningModule / DataModule subclass by `class_path`
-(a user's own module too), omegaconf parsing with `panacea_pl.resolvers` (in jsonargparse's
-omegaconf+ mode: interpolations resolve once every config file and `--key value` is merged), m
-stated once as the top-level `num_preferences` (components say `${panacea.num_preferences:}`),
+(a user's own module too), omegaconf parsing with `panacea_pl.resolvers`, m stated once per
+config file as its top-level `num_preferences` (components say `${panacea.num_preferences:}`),
 atomic checkpoint writes (`AtomicCheckpointIO`), a `last.ckpt` in every run's `checkpoints/`
 when the config names no `ModelCheckpoint`, checks that fail before anything loads (m stated
 alike by every component; a `--ckpt_path` that is readable), and a quiet console.
@@ -40,16 +39,17 @@ CLI_SETTINGS: dict[str, Any] = {
     "datamodule_class": pl.LightningDataModule,
     "subclass_mode_model": True,
     "subclass_mode_data": True,
-    "parser_kwargs": {"parser_mode": "omegaconf+"},
+    "parser_kwargs": {"parser_mode": "omegaconf"},
     "save_config_kwargs": {"overwrite": True},
     "trainer_defaults": TRAINER_DEFAULTS,
     "auto_configure_optimizers": False,
 }
 
 NUM_PREFERENCES_HELP = (
-    "m, the number of preference dimensions, stated once for the whole config: every component "
-    "that takes m says `${panacea.num_preferences:}`, resolved after all config files and "
-    "command-line arguments are merged (omegaconf+), so `--num_preferences=3` changes them all"
+    "m, the number of preference dimensions, stated once in a config file: every component of "
+    "that file that takes m says `${panacea.num_preferences:}`, resolved when the file is read. "
+    "Given alone on the command line it does not reach them (they are resolved by then): the "
+    "m check then names every statement that disagrees"
 )
 
 #: `--ckpt_path` values that Lightning resolves itself.
@@ -89,7 +89,8 @@ class PanaceaCLI(LightningCLI):
         add_num_preferences(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Lightning's, with an interpolation that cannot resolve reported as a parse error."""
+        """Lightning's, with an interpolation that cannot resolve (e.g. a
+        `${panacea.num_preferences:}` in a file without the top-level key) a parse error."""
         try:
             super().parse_arguments(parser, args)
         except InterpolationResolutionError as err:

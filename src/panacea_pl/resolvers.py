@@ -4,7 +4,7 @@
     data:
       init_args:
         tokenizer: ${panacea.stories_model:}        # the converted stories260K folder
-        num_dimensions: ${panacea.num_preferences:} # the top-level num_preferences
+        num_dimensions: ${panacea.num_preferences:} # this file's top-level num_preferences
     # or with an explicit data_dir / cache_dir:  ${panacea.stories_model:/data,/cache}
 
 Built-in resolvers such as `${oc.env:PANACEA_DATA_DIR,../shared/data}` need nothing from here.
@@ -63,9 +63,9 @@ def stories_model_dir(data_dir: str | None = None, cache_dir: str | None = None)
 def config_num_preferences(*, _root_: Any) -> int:
     """m for `${panacea.num_preferences:}`: the config's top-level `num_preferences`.
 
-    Resolved once every config file and command-line argument is merged (the CLI parses in
-    omegaconf+ mode), so `--num_preferences=3` reaches every component that says it. Under a
-    subcommand (`fit`, `validate`, …) the config is the subcommand's only key.
+    Resolved when its config file is read (jsonargparse's omegaconf mode resolves each file on
+    its own), against that file's top-level key: to change m, change that one number. A root
+    with a single key (`{"fit": {...}}`, a config read under a subcommand) is looked into.
     """
     node = _root_
     if "num_preferences" not in node and len(node) == 1:  # {"fit": {...}}
