@@ -85,9 +85,9 @@ def sync(args) -> None:
 
 
 def build_panacea(args) -> tuple[LlamaForCausalLM, PanaceaAdapter]:
-    """The same model with the Panacea adapter (k = args.rank, m = 2) on TARGETS."""
+    """The same model with the Panacea adapter (k = args.num_general, m = 2) on TARGETS."""
     model = build_args(args)
-    config = PanaceaConfig(rank=args.rank, num_preferences=2, target_modules=TARGETS)
+    config = PanaceaConfig(num_general=args.num_general, num_preferences=2, target_modules=TARGETS)
     return model, inject_adapter(model, config)
 
 
@@ -137,7 +137,10 @@ def training_overhead(args) -> dict[str, float]:
     lora = get_peft_model(
         build_args(args),
         LoraConfig(
-            r=args.rank + 2, lora_alpha=args.rank + 2, target_modules=TARGETS, lora_dropout=0.0
+            r=args.num_general + 2,
+            lora_alpha=args.num_general + 2,
+            target_modules=TARGETS,
+            lora_dropout=0.0,
         ),
     )
     ours, adapter = build_panacea(args)
@@ -248,7 +251,9 @@ def generation_speedups(args) -> tuple[float, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
+    parser.add_argument(
+        "--num-general", type=int, default=8, help="k; total rank k + 2 (default 10)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per contender")
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in build(size=args.size, device="meta").parameters())
     print(
         f"model: Llama-style ({args.size}), {n_params / 1e6:.1f}M parameters, batch "
-        f"{args.batch}x{args.seq}, rank {args.rank}+2, {args.device} {args.dtype}, "
+        f"{args.batch}x{args.seq}, rank {args.num_general}+2, {args.device} {args.dtype}, "
         f"{args.threads} threads, torch {torch.__version__}"
     )
     result: dict = {

@@ -104,8 +104,8 @@ def make_trl(model_dir: Path, pairs: list[dict], args, workdir: Path):
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=LoraConfig(
-            r=args.rank + NUM_DIMENSIONS,
-            lora_alpha=args.rank + NUM_DIMENSIONS,
+            r=args.num_general + NUM_DIMENSIONS,
+            lora_alpha=args.num_general + NUM_DIMENSIONS,
             lora_dropout=0.0,
             target_modules=TARGETS,
             task_type="CAUSAL_LM",
@@ -149,7 +149,7 @@ def make_ours(model_dir: Path, tokenised, pairs: list[dict], args):
     policy = PanaceaPolicy(
         str(model_dir),
         adapter=PanaceaConfig(
-            rank=args.rank, num_preferences=NUM_DIMENSIONS, target_modules=TARGETS
+            num_general=args.num_general, num_preferences=NUM_DIMENSIONS, target_modules=TARGETS
         ),
         dtype=args.dtype,
         gradient_checkpointing=False,

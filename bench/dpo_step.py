@@ -12,7 +12,7 @@ on them) saved beside a byte-level BPE tokenizer trained locally (`tests/tiny.py
 Contenders (one training step = policy forward with the adapter on, reference forward with the
 adapter off, backward, AdamW step on the adapter; no gradient checkpointing, no dropout):
 
-  ours  `PanaceaDPO(PanaceaPolicy(path, PanaceaConfig(rank=k, num_preferences=2)))`, TWO
+  ours  `PanaceaDPO(PanaceaPolicy(path, PanaceaConfig(num_general=k, num_preferences=2)))`, TWO
         dimensions labelled on every pair; the step calls the module's hooks
         `sample_preference` → `dimension_losses` → `aggregate` (what `_shared_step` runs, minus
         Lightning's `self.log`), then backward and `torch.optim.AdamW`.
@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="base weights (default: float32 on CPU, bfloat16 on CUDA); adapters stay float32",
     )
     add("--size", choices=sorted(SIZES), default="small", help="model shape (adapter_overhead)")
-    add("--rank", type=int, default=8, help="k; total rank k + 2 (default 10)")
+    add("--num-general", type=int, default=8, help="k; total rank k + 2 (default 10)")
     add("--pairs", type=int, default=8, help="preference pairs per batch")
     add("--prompt-len", type=int, default=64)
     add("--response-len", type=int, default=64, help="tokens incl. EOS")
@@ -226,8 +226,8 @@ def run(args) -> dict:
 def report(r: dict, args) -> None:
     print(
         f"model: Llama-style ({args.size}), {args.pairs} pairs x ({args.prompt_len} prompt + "
-        f"{args.response_len} response) tokens, rank {args.rank}+{NUM_DIMENSIONS} vs LoRA "
-        f"r={args.rank + NUM_DIMENSIONS}, {args.device} {args.dtype}, {args.threads} threads"
+        f"{args.response_len} response) tokens, rank {args.num_general}+{NUM_DIMENSIONS} vs LoRA "
+        f"r={args.num_general + NUM_DIMENSIONS}, {args.device} {args.dtype}, {args.threads} threads"
     )
     print(", ".join(f"{k} {v}" for k, v in r["versions"].items()))
     print("\ntokens per step (each side runs a policy and a reference forward over them)")

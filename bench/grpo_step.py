@@ -13,7 +13,7 @@ token log-probs under the policy and the reference (adapter off), one backward a
 on the adapter (one pass, one minibatch, KL β·k3 in the loss on both sides, no gradient
 checkpointing, no dropout, ancestral sampling at temperature 1, at most `--new-tokens` tokens):
 
-  ours  `PanaceaGRPO(PanaceaPolicy(path, PanaceaConfig(rank=k, num_preferences=2)))`: λ drawn
+  ours  `PanaceaGRPO(PanaceaPolicy(path, PanaceaConfig(num_general=k, num_preferences=2)))`: λ drawn
         per prompt and set per row in one `generate`; the iteration is `score_rollout` →
         `advantages` → `grpo_loss` → backward → AdamW (what `training_step` runs, minus
         Lightning's logging and `manual_backward`); one on-policy step with the KL in the loss
@@ -104,8 +104,8 @@ def make_trl(model_dir: Path, prompts: list[str], args, workdir: Path):
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=AutoTokenizer.from_pretrained(model_dir, padding_side="left"),
         peft_config=LoraConfig(
-            r=args.rank + M,
-            lora_alpha=args.rank + M,
+            r=args.num_general + M,
+            lora_alpha=args.num_general + M,
             lora_dropout=0.0,
             target_modules=TARGETS,
             task_type="CAUSAL_LM",
@@ -151,7 +151,9 @@ def make_ours(model_dir: Path, prompts: list[str], args):
     torch.manual_seed(0)
     policy = PanaceaPolicy(
         str(model_dir),
-        adapter=PanaceaConfig(rank=args.rank, num_preferences=M, target_modules=TARGETS),
+        adapter=PanaceaConfig(
+            num_general=args.num_general, num_preferences=M, target_modules=TARGETS
+        ),
         gradient_checkpointing=False,
         disable_dropout=True,
     )
@@ -204,7 +206,7 @@ def _memory_worker(name: str, model_dir: str, prompts, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--num-general", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=4, help="G responses per prompt")
     parser.add_argument("--prompt-len", type=int, default=32)
@@ -239,7 +241,7 @@ def main() -> None:
             memory = {n: f.result() for n, f in futures.items()}
     print(
         f"{args.prompts} prompts × G = {args.group}, ≤ {args.new_tokens} new tokens, rank "
-        f"{args.rank}+{M} vs LoRA r={args.rank + M}, CPU fp32, 1 thread, {args.rounds} rounds"
+        f"{args.num_general}+{M} vs LoRA r={args.num_general + M}, CPU fp32, 1 thread, {args.rounds} rounds"
     )
     for name in sides:
         print(

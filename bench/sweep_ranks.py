@@ -43,7 +43,7 @@ def _sweep(rank: int, world: int, port: int, out: str, samples: int) -> None:
         dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     bench = StoriesBenchmark(num_dimensions=2, progress=False)
     model = bench.load_model()
-    adapter = inject_adapter(model, PanaceaConfig(rank=8, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=8, num_preferences=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in adapter.layers.values():

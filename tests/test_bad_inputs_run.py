@@ -147,7 +147,9 @@ def test_module_hyperparameters_are_checked_at_construction(tiny_llama_dir, name
     from panacea_pl.models import PanaceaPolicy
     from panacea_pl.modules import PanaceaDPO
 
-    policy = PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=0, num_preferences=2))
+    policy = PanaceaPolicy(
+        str(tiny_llama_dir), adapter=PanaceaConfig(num_general=0, num_preferences=2)
+    )
     with pytest.raises(ValueError, match=rf"PanaceaDPO: {name} must be a finite number"):
         PanaceaDPO(policy, **{name: value})
 

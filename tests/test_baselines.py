@@ -63,7 +63,7 @@ class TinyPairs(pl.LightningDataModule):
 
 def new_policy(model_dir, seed: int = 0) -> PanaceaPolicy:
     torch.manual_seed(seed)  # the adapter's V initialisation
-    return PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    return PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
 
 
 def random_state(policy: PanaceaPolicy, seed: int) -> dict[str, torch.Tensor]:
@@ -154,7 +154,7 @@ def test_rewarded_soups_interpolates_every_adapter_tensor(tiny_llama_dir, tmp_pa
     for i, state in enumerate(states):
         dirs.append(save_adapter(with_state(tiny_llama_dir, state).adapter, tmp_path / f"e{i}"))
     soup = RewardedSoupsPolicy.from_adapters(str(tiny_llama_dir), dirs)  # base loaded from disk
-    assert isinstance(soup, PreferencePolicy) and not soup.per_sample_preference
+    assert isinstance(soup, PreferencePolicy) and not soup.accepts_row_preferences
     batch = TinyPairs(str(tiny_llama_dir)).collate(tiny.pair_rows(tiny_llama_dir)[0])
 
     for i, corner in enumerate(([1.0, 0.0], [0.0, 1.0])):
@@ -264,7 +264,7 @@ def baseline_config(model_dir: Path, root: Path, kind: str) -> dict:
                     "class_path": "panacea_pl.models.PanaceaPolicy",
                     "init_args": {
                         "model_name_or_path": str(model_dir),
-                        "adapter": {"rank": 2, "num_preferences": 2},
+                        "adapter": {"num_general": 2, "num_preferences": 2},
                     },
                 },
                 "loss": {

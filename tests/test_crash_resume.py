@@ -228,7 +228,9 @@ def test_a_failed_adapter_save_keeps_the_previous_adapter(tiny_llama_dir, tmp_pa
     from panacea_pl.layers import PanaceaConfig, inject_adapter
     from panacea_pl.layers import io as adapter_io
 
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=2))
+    adapter = inject_adapter(
+        tiny.load(tiny_llama_dir), PanaceaConfig(num_general=2, num_preferences=2)
+    )
     folder = save_adapter(adapter, tmp_path / "adapter")
     saved = dict(load_adapter(tiny.load(tiny_llama_dir), folder).state_dict())
     with torch.no_grad():

@@ -77,7 +77,7 @@ def _train(rank: int, world: int, port: int, out: str, per_sample: bool) -> None
         )
     pl.seed_everything(0, verbose=False)
     module = RecordingDPO(
-        StoriesPolicy(adapter=PanaceaConfig(rank=2, num_preferences=2)),
+        StoriesPolicy(adapter=PanaceaConfig(num_general=2, num_preferences=2)),
         loss=RecordingLoss(beta=1.25),
         per_sample_preference=per_sample,
         seed=7,
@@ -201,5 +201,5 @@ def test_ddp_per_sample_preference_matches_one_process(forked_stories_env, tmp_p
 def _initial_adapter() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     pl.seed_everything(0, verbose=False)
-    policy = StoriesPolicy(adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=2, num_preferences=2))
     return {n: p.detach().clone() for n, p in policy.adapter.named_parameters()}

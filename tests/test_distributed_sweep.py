@@ -59,7 +59,7 @@ def _sweep(rank: int, world: int, port: int, out: str, odd: bool = False) -> Non
         )
     bench = StoriesBenchmark(num_dimensions=2, **stories_small.SMALL)
     model = bench.load_model()
-    adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=2, num_preferences=2))
     _randomise(adapter)
     if world > 1:
         dist.barrier()
@@ -146,7 +146,7 @@ def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) ->
             LOCAL_RANK=str(rank),
         )
     pl.seed_everything(0, verbose=False)
-    policy = StoriesPolicy(adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=2, num_preferences=2))
     _randomise(policy.adapter)
     module = PanaceaDPO(policy, dimension_names=["happy", "sad"])
     data = StoriesDataModule(2, batch_size=4, val_fraction=0.25, benchmark=stories_small.SMALL)

@@ -148,13 +148,13 @@ def test_bad_checkpoints_get_one_clear_message(workdir, trained_run):
         assert "weights_only=False" not in proc.out  # never suggest an unsafe load
         assert_quiet(proc.out)
 
-    # a rank-0 checkpoint resumed into a rank-4 config: the settings and shapes that differ
+    # a k = 0 checkpoint resumed into a k = 4 config: the settings and shapes that differ
     proc = panacea_pl(
         "fit", "--config", CONFIG, "--config", "small5.yaml", "--ckpt_path", str(last),
-        "--model.init_args.policy.init_args.adapter.rank=4", cwd=workdir,
+        "--model.init_args.policy.init_args.adapter.num_general=4", cwd=workdir,
     )  # fmt: skip
     assert proc.returncode == 2, proc.out
-    assert "rank=0 in the checkpoint, 4 in the config" in proc.out
+    assert "num_general=0 in the checkpoint, 4 in the config" in proc.out
     assert "differ in shape" in proc.out and "panacea_U" in proc.out
 
 

@@ -36,7 +36,7 @@ def scorer_dir(tmp_path_factory, tiny_llama_dir):
 
 def make_module(model_dir, trained: bool = True) -> PanaceaDPO:
     module = PanaceaDPO(
-        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=4, num_preferences=2)),
+        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=4, num_preferences=2)),
         dimension_names=["helpful", "harmless"],
         optimizer=lambda p: torch.optim.Adam(p, lr=2e-2),
     )
@@ -65,7 +65,7 @@ def test_grid_in_per_sample_batches_equals_one_lambda_at_a_time(tiny_llama_dir, 
     assert result.objectives.shape == (len(grid), 2) and np.isfinite(result.metrics()["spacing"])
 
 
-def test_a_policy_without_per_sample_preference_gets_one_lambda_per_call(
+def test_a_policy_without_row_preferences_gets_one_lambda_per_call(
     tiny_llama_dir, scorer_dir, monkeypatch
 ):
     """The baselines' collections take one λ per batch: no generate call may mix two λ, and the
@@ -82,7 +82,7 @@ def test_a_policy_without_per_sample_preference_gets_one_lambda_per_call(
         return generate(input_ids, attention_mask, preference=preference, **kwargs)
 
     monkeypatch.setattr(module.policy, "generate", recording_generate)
-    monkeypatch.setattr(module.policy, "per_sample_preference", False, raising=False)
+    monkeypatch.setattr(module.policy, "accepts_row_preferences", False, raising=False)
     one_each = RewardModelEvaluator(scorer_dir, prompts=PROMPTS, max_rows=4, **FAST)
     result = one_each.evaluate(module, grid)
     assert [len(c) for c in calls] == [3, 3, 3]  # 3 prompts per λ, never 4 rows across two λ

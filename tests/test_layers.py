@@ -34,9 +34,11 @@ def perturb(adapter: PanaceaAdapter, seed: int = 0) -> None:
             layer.panacea_scale.fill_(2.0)
 
 
-def adapted(model_dir, rank=4, perturbed=True, **kwargs):
+def adapted(model_dir, num_general=4, perturbed=True, **kwargs):
     model = tiny.load(model_dir)
-    adapter = inject_adapter(model, PanaceaConfig(rank=rank, num_preferences=2, **kwargs))
+    adapter = inject_adapter(
+        model, PanaceaConfig(num_general=num_general, num_preferences=2, **kwargs)
+    )
     if perturbed:
         perturb(adapter)
     return model, adapter
@@ -167,7 +169,7 @@ def test_save_load_identical(tiny_model_dir, batch, tmp_path):
     save_adapter(adapter, tmp_path / "adapter")
     fresh = tiny.load(tiny_model_dir)
     loaded = load_adapter(fresh, tmp_path / "adapter")
-    assert loaded.config.rank == 4
+    assert loaded.config.num_general == 4
     with loaded.preference(LAM_B):
         torch.testing.assert_close(logits(fresh, batch), expected, rtol=0, atol=0)
 
@@ -199,7 +201,7 @@ def test_gradients_reach_every_part_within_two_steps(tiny_model_dir, batch):
 
 def test_bf16_base_weights(tiny_llama_dir, batch):
     model = tiny.load(tiny_llama_dir, dtype=torch.bfloat16)
-    adapter = inject_adapter(model, PanaceaConfig(rank=4, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=4, num_preferences=2))
     perturb(adapter)
     assert all(p.dtype == torch.float32 for p in adapter.parameters())
     with adapter.preference(LAM_A):

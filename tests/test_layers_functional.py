@@ -96,7 +96,7 @@ def test_layer_fused_path_matches_its_composed_path(base_cls):
     """PanaceaLinear gives the same outputs and gradients either way (GPT-2's Conv1D too)."""
     torch.manual_seed(0)
     base = nn.Linear(6, 5) if base_cls is nn.Linear else Conv1D(5, 6)
-    state = AdapterState(PanaceaConfig(rank=2, num_preferences=2, alpha=2.0))
+    state = AdapterState(PanaceaConfig(num_general=2, num_preferences=2, alpha=2.0))
     layer = PanaceaLinear(base, state)
     with torch.no_grad():
         layer.panacea_U.normal_()
@@ -116,7 +116,7 @@ def test_layer_fused_path_matches_its_composed_path(base_cls):
 
 def test_dropout_and_mixed_dtypes_take_the_composed_path():
     base = nn.Linear(6, 5)
-    layer = PanaceaLinear(base, AdapterState(PanaceaConfig(rank=2, dropout=0.1)))
+    layer = PanaceaLinear(base, AdapterState(PanaceaConfig(num_general=2, dropout=0.1)))
     x = torch.randn(2, 3, 6)
     assert not layer.train()._fused(x)
     assert layer.eval()._fused(x)
@@ -127,7 +127,7 @@ def test_bf16_adapter_on_bf16_base_takes_the_fused_path():
     """All-bf16 layers run fused and agree with the composed ops to bf16 precision."""
     torch.manual_seed(0)
     base = nn.Linear(16, 12).to(torch.bfloat16)
-    state = AdapterState(PanaceaConfig(rank=4, num_preferences=2, dtype="bfloat16"))
+    state = AdapterState(PanaceaConfig(num_general=4, num_preferences=2, dtype="bfloat16"))
     layer = PanaceaLinear(base, state)
     with torch.no_grad():
         layer.panacea_U.normal_()
@@ -158,7 +158,7 @@ def test_autocast_takes_the_fused_path_in_autocast_dtype():
     """fp32 layer under bf16 autocast: fused, bf16 output, fp32 gradients matching the
     separate ops under the same autocast."""
     torch.manual_seed(0)
-    layer = PanaceaLinear(nn.Linear(16, 12), AdapterState(PanaceaConfig(rank=4)))
+    layer = PanaceaLinear(nn.Linear(16, 12), AdapterState(PanaceaConfig(num_general=4)))
     with torch.no_grad():
         layer.panacea_U.normal_()
     layer.state.preference = torch.tensor([0.25, 0.75])

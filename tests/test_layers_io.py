@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tiny
 from panacea_pl.layers import (
@@ -17,6 +19,7 @@ from panacea_pl.layers import (
     read_adapter_config,
     save_adapter,
 )
+from panacea_pl.modules.base import ADAPTER_CONFIG_KEY, PanaceaModule
 
 CONFIG = "panacea_config.json"
 WEIGHTS = "panacea_adapter.safetensors"
@@ -24,7 +27,9 @@ WEIGHTS = "panacea_adapter.safetensors"
 
 @pytest.fixture
 def saved(tiny_llama_dir, tmp_path):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=4, num_preferences=2))
+    adapter = inject_adapter(
+        tiny.load(tiny_llama_dir), PanaceaConfig(num_general=4, num_preferences=2)
+    )
     return save_adapter(adapter, tmp_path / "adapter")
 
 
@@ -40,9 +45,9 @@ def edit_meta(folder, edit) -> None:
         ("alpha", 0, "alpha = 0: expected a finite number > 0"),
         ("alpha", -2.0, "alpha = -2.0: expected a finite number > 0"),
         ("alpha", float("nan"), "alpha = nan"),
-        ("rank", -1, "rank = -1: expected an integer >= 0"),
-        ("rank", "4", "rank = '4': expected an integer"),
-        ("rank", 2.5, "rank = 2.5"),
+        ("num_general", -1, "num_general = -1: expected an integer >= 0"),
+        ("num_general", "4", "num_general = '4': expected an integer"),
+        ("num_general", 2.5, "num_general = 2.5"),
         ("num_preferences", 0, "num_preferences = 0: expected an integer >= 1"),
         ("num_preferences", True, "num_preferences = True"),
         ("dropout", 1.0, r"dropout = 1.0: expected a number in \[0, 1\)"),
@@ -70,7 +75,7 @@ def test_config_dtype_aliases_are_canonical():
 
 
 def test_adapter_dtype_alias_reaches_the_weights(tiny_llama_dir):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=2, dtype="bf16"))
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(num_general=2, dtype="bf16"))
     assert {p.dtype for p in adapter.parameters()} == {torch.bfloat16}
 
 
@@ -80,10 +85,10 @@ def test_missing_layers_field(saved):
         read_adapter_config(saved)
 
 
-def test_string_rank_in_saved_json(saved, tiny_llama_dir):
-    edit_meta(saved, lambda m: m["config"].update(rank="4"))
+def test_string_num_general_in_saved_json(saved, tiny_llama_dir):
+    edit_meta(saved, lambda m: m["config"].update(num_general="4"))
     with pytest.raises(
-        AdapterLoadError, match=r"panacea_config.json: field 'config': .*rank = '4'"
+        AdapterLoadError, match=r"panacea_config.json: field 'config': .*num_general = '4'"
     ):
         load_adapter(tiny.load(tiny_llama_dir), saved)
 
@@ -92,6 +97,27 @@ def test_missing_config_field_is_not_defaulted(saved):
     edit_meta(saved, lambda m: m["config"].pop("num_preferences"))
     with pytest.raises(AdapterLoadError, match=r"field 'config' lacks \['num_preferences'\]"):
         read_adapter_config(saved)
+
+
+def test_legacy_rank_field_is_read_as_num_general(saved, tiny_llama_dir):
+    """Folders saved before the rename store k as `rank`; they load with k intact."""
+    edit_meta(saved, lambda m: m["config"].update(rank=m["config"].pop("num_general")))
+    assert read_adapter_config(saved).num_general == 4
+    loaded = load_adapter(tiny.load(tiny_llama_dir), saved)
+    assert loaded.config.num_general == 4 and loaded.config.total_rank == 6
+    edit_meta(saved, lambda m: m["config"].update(num_general=4))
+    with pytest.raises(AdapterLoadError, match="'rank' and 'num_general' both given"):
+        read_adapter_config(saved)
+
+
+def test_legacy_checkpoint_config_is_compared_under_the_new_name():
+    """A checkpoint's saved adapter config with the old `rank` key names `num_general`."""
+    module = SimpleNamespace(
+        policy=SimpleNamespace(adapter=SimpleNamespace(config=PanaceaConfig()))
+    )
+    checkpoint = {ADAPTER_CONFIG_KEY: {"rank": 0, "num_preferences": 2}}
+    message = PanaceaModule._mismatch_message(module, checkpoint, [], [])
+    assert "num_general=0 in the checkpoint, 8 in the config" in message
 
 
 def test_bad_layer_shape_and_non_object_json(saved, tiny_llama_dir):
@@ -130,7 +156,7 @@ def test_old_adapter_without_checksum_loads_but_refuses_nan(saved, tiny_llama_di
 
 
 def test_export_peft_refuses_non_empty_folder(tiny_llama_dir, tmp_path):
-    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(rank=2))
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), PanaceaConfig(num_general=2))
     out = export_peft(adapter, tmp_path / "lora", [0.2, 0.8])
     first = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="is not empty.*overwrite=True"):
@@ -146,3 +172,24 @@ def test_export_peft_refuses_non_empty_folder(tiny_llama_dir, tmp_path):
     with pytest.raises(FileExistsError, match=r"not a PEFT export \(\['notes.txt'\]\)"):
         export_peft(adapter, out, [0.9, 0.1], overwrite=True)
     assert (out / "notes.txt").exists()
+
+
+def test_export_peft_puts_c_in_lora_a_and_u_in_lora_b(tiny_llama_dir, tmp_path):
+    """As its docstring says: lora_B = U, lora_A = c·diag(σ, s·λ)·V (here c = 8 / (2 + 2) = 2)."""
+    config = PanaceaConfig(num_general=2, num_preferences=2, alpha=8.0)
+    adapter = inject_adapter(tiny.load(tiny_llama_dir), config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn_like(p))
+    out = export_peft(adapter, tmp_path / "lora", [0.25, 0.75])
+    tensors = load_file(out / "adapter_model.safetensors")
+    name, layer = next(iter(adapter.layers.items()))
+    lam = torch.tensor([0.25, 0.75])
+    d = 2.0 * torch.cat([layer.panacea_sigma, layer.panacea_scale * lam]).detach()
+    prefix = f"base_model.model.{name}"
+    torch.testing.assert_close(tensors[f"{prefix}.lora_B.weight"], layer.panacea_U.detach())
+    torch.testing.assert_close(
+        tensors[f"{prefix}.lora_A.weight"], d[:, None] * layer.panacea_V.detach()
+    )
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == config.total_rank == 4

@@ -33,7 +33,7 @@ def test_preference_singular_values_only(training):
     # ΔW = U diag(d) V = [[1, 2], [0, 1]] diag(0.375, 1.125) [[1, 0], [1, 1]]
     #    = [[0.375, 2.25], [0, 1.125]] [[1, 0], [1, 1]] = [[2.625, 2.25], [1.125, 1.125]]
     # y = W0 x + b + ΔW x at x = (1, −1): (1, −1) + (0.5, −0.5) + (0.375, 0) = (1.875, −1.5)
-    config = PanaceaConfig(rank=0, num_preferences=2, alpha=1.0)
+    config = PanaceaConfig(num_general=0, num_preferences=2, alpha=1.0)
     model, adapter = two_by_two(config, [[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], [], 3.0)
     model.train(training)
     x = torch.tensor([[1.0, -1.0]])
@@ -53,7 +53,7 @@ def test_general_and_preference_singular_values():
     # k = 1, m = 1, alpha None: c = 1, d = (σ_1, s·λ_1) = (2, 3·1) = (2, 3)
     # ΔW = [[1, 0], [1, 1]] diag(2, 3) [[0, 1], [1, 0]] = [[2, 0], [2, 3]] [[0, 1], [1, 0]]
     #    = [[0, 2], [3, 2]];  y at x = (2, 1): (2, 1) + (0.5, −0.5) + (2, 8) = (4.5, 8.5)
-    config = PanaceaConfig(rank=1, num_preferences=1)
+    config = PanaceaConfig(num_general=1, num_preferences=1)
     model, adapter = two_by_two(
         config, [[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]], [2.0], 3.0
     )
@@ -68,7 +68,7 @@ def test_general_and_preference_singular_values():
 def test_a_checked_preference_is_only_shape_checked():
     """The modules pass λ drawn by their sampler with `checked=True`: no value is read back (on a
     GPU each full check costs host syncs), only the shape is checked."""
-    config = PanaceaConfig(rank=0, num_preferences=2, alpha=1.0)
+    config = PanaceaConfig(num_general=0, num_preferences=2, alpha=1.0)
     model, adapter = two_by_two(config, [[1.0, 2.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], [], 3.0)
     adapter.set_preference(torch.tensor([2.0, -1.0]), checked=True)  # values are not read
     torch.testing.assert_close(adapter.current_preference, torch.tensor([2.0, -1.0]))

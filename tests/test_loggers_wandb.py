@@ -46,7 +46,7 @@ def test_wandb_falls_back_to_offline_and_the_run_goes_on(
 
     rows, collate = tiny.pair_rows(tiny_llama_dir)
     module = PanaceaDPO(
-        PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+        PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
     )
     logger = WandbLogger(project="panacea-test", save_dir=str(tmp_path))
     trainer = tiny.quiet_trainer(

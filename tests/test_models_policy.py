@@ -24,28 +24,30 @@ def test_bad_dtype_before_loading(tmp_path):
 
 
 def test_dtype_alias(tiny_llama_dir):
-    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(rank=2), dtype="bf16")
+    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(num_general=2), dtype="bf16")
     assert policy.model.get_input_embeddings().weight.dtype == torch.bfloat16
 
 
 def test_adapter_path_contradicting_adapter(tiny_llama_dir, tmp_path):
-    saved = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=3))
+    saved = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(num_general=2, num_preferences=3))
     save_adapter(saved.adapter, tmp_path / "m3")
     with pytest.raises(
         ValueError,
         match=r"m3/panacea_config.json contradicts .*num_preferences 2 \(adapter\) vs 3 \(saved\)",
     ):
         PanaceaPolicy(
-            str(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=2), str(tmp_path / "m3")
+            str(tiny_llama_dir),
+            PanaceaConfig(num_general=2, num_preferences=2),
+            str(tmp_path / "m3"),
         )
     same = PanaceaPolicy(
-        str(tiny_llama_dir), PanaceaConfig(rank=2, num_preferences=3), str(tmp_path / "m3")
+        str(tiny_llama_dir), PanaceaConfig(num_general=2, num_preferences=3), str(tmp_path / "m3")
     )
     assert same.num_preferences == 3
 
 
 def test_generate_grid_rows_must_match_prompts(tiny_llama_dir):
-    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(rank=2)).eval()
+    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(num_general=2)).eval()
     tok = policy.tokenizer()
     batch = tok(
         ["Once upon", "The sad cat", "She", "Human: How"], return_tensors="pt", padding=True
@@ -62,7 +64,7 @@ def test_generate_grid_rows_must_match_prompts(tiny_llama_dir):
 
 
 def test_lambda_as_strings(tiny_llama_dir):
-    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(rank=2))
+    policy = PanaceaPolicy(str(tiny_llama_dir), PanaceaConfig(num_general=2))
     with policy.preference("0.25,0.75"):
         assert policy.adapter.current_preference.tolist() == [0.25, 0.75]
     with policy.preference(["0.5", "0.5"]):

@@ -21,8 +21,10 @@ from panacea_pl.modules import PanaceaDPO, PanaceaSFT
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
 
 
-def policy(model_dir, rank=4):
-    return PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=rank, num_preferences=2))
+def policy(model_dir, num_general=4):
+    return PanaceaPolicy(
+        str(model_dir), adapter=PanaceaConfig(num_general=num_general, num_preferences=2)
+    )
 
 
 class OneHot(PanaceaDPO):

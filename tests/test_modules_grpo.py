@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(model_dir, **kwargs) -> PanaceaGRPO:
     torch.manual_seed(0)
-    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a trained-looking adapter, so that λ and the reference matter
         for layer in policy.adapter.layers.values():
@@ -143,7 +143,9 @@ def test_clear_errors(tiny_llama_dir):
     with pytest.raises(ValueError, match="kl_in"):
         build(tiny_llama_dir, kl_in="both")
     with pytest.raises(ValueError, match="dropout"):
-        policy = PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, dropout=0.1))
+        policy = PanaceaPolicy(
+            str(tiny_llama_dir), adapter=PanaceaConfig(num_general=2, dropout=0.1)
+        )
         PanaceaGRPO(policy, TokenShare())
     module = build(tiny_llama_dir, dimension_names=["odd", "even"])
     with pytest.raises(ValueError, match="in the same order"):

@@ -63,8 +63,8 @@ def prompt_batch(model_dir) -> dict:
 
 def build(model_dir, module_class=PanaceaPPO, randomise=True, **kwargs) -> PanaceaPPO:
     torch.manual_seed(0)
-    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
-    critic = PanaceaCritic(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
+    critic = PanaceaCritic(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
     settings = dict(max_new_tokens=6, samples_per_prompt=2, minibatch_size=4, ppo_epochs=2)
     module = module_class(policy, critic, TokenShare(), **(settings | kwargs))
     if randomise:  # a trained-looking adapter, so that λ and the reference matter
@@ -258,14 +258,16 @@ def test_frozen_policy_iterations_train_the_critic_only(tiny_llama_dir, tmp_path
 
 
 def test_clear_errors(tiny_llama_dir):
-    policy = PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(
+        str(tiny_llama_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2)
+    )
     critic3 = PanaceaCritic(str(tiny_llama_dir), adapter=PanaceaConfig(num_preferences=3))
     with pytest.raises(ValueError, match="critic gives 3 values"):
         PanaceaPPO(policy, critic3, TokenShare())
-    dropout = PanaceaCritic(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2, dropout=0.1))
+    dropout = PanaceaCritic(str(tiny_llama_dir), adapter=PanaceaConfig(num_general=2, dropout=0.1))
     with pytest.raises(ValueError, match="dropout"):
         PanaceaPPO(policy, dropout, TokenShare())
-    critic = PanaceaCritic(str(tiny_llama_dir), adapter=PanaceaConfig(rank=2))
+    critic = PanaceaCritic(str(tiny_llama_dir), adapter=PanaceaConfig(num_general=2))
     module = PanaceaPPO(policy, critic, TokenShare(), dimension_names=["odd", "even"])
     with pytest.raises(ValueError, match="in the same order"):
         module.on_fit_start()
@@ -338,9 +340,11 @@ def test_short_stories_run_moves_the_front_toward_the_optimum(shared_data, tmp_p
     monkeypatch.setenv("PANACEA_DATA_DIR", str(shared_data))
     pl.seed_everything(0)
     bench = StoriesBenchmark(progress=False)
-    policy = StoriesPolicy(adapter=PanaceaConfig(rank=0, num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=0, num_preferences=2))
     critic = PanaceaCritic(
-        str(bench.model_dir), adapter=PanaceaConfig(rank=8, num_preferences=2), train_backbone=True
+        str(bench.model_dir),
+        adapter=PanaceaConfig(num_general=8, num_preferences=2),
+        train_backbone=True,
     )
     module = PanaceaPPO(
         policy,
@@ -393,7 +397,7 @@ def test_dps_runner_trains_ppo_members_on_prompts_without_a_validation_split(
     scorer.save(tmp_path / "scorer")
     (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS))
     objectives = {"helpful": "score:helpful", "harmless": "neg_cost"}
-    tiny_adapter = {"rank": 2, "num_preferences": 2}
+    tiny_adapter = {"num_general": 2, "num_preferences": 2}
     config = {
         "seed_everything": 0,
         "baseline": {"kind": "dps", "preferences": [[1.0, 0.0], [0.0, 1.0]], "num_threads": 1},

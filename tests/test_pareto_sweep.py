@@ -23,7 +23,7 @@ from panacea_pl.preference import simplex_grid
 def module_and_loader(model_dir):
     rows, collate = tiny.pair_rows(model_dir)
     module = PanaceaDPO(
-        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=4, num_preferences=2)),
+        PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=4, num_preferences=2)),
         dimension_names=["helpful", "harmless"],
         optimizer=lambda p: torch.optim.Adam(p, lr=2e-2),
     )

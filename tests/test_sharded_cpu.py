@@ -40,7 +40,7 @@ EXPORT_LAMBDA = [0.3, 0.7]
 
 def _module(model_dir: str) -> PanaceaDPO:
     torch.manual_seed(0)  # the adapter's V is drawn at injection: the same on every rank
-    policy = PanaceaPolicy(model_dir, adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(model_dir, adapter=PanaceaConfig(num_general=2, num_preferences=2))
     return PanaceaDPO(policy, loss=MultiObjectiveDPOLoss(beta=0.5), seed=7)
 
 

@@ -164,7 +164,7 @@ def test_evaluate_base_model(bench, base_model):
 
 def test_evaluate_with_adapter(bench, base_model):
     model = bench.load_model()
-    adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=2, num_preferences=2))
     at_init = bench.evaluate(model, adapter=adapter, samples_per_prompt=2)
     base = bench.evaluate(base_model, samples_per_prompt=2)
     assert at_init.texts == base.texts  # U = 0: the adapter is the identity at init

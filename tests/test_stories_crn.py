@@ -24,7 +24,7 @@ def bench(shared_data, tmp_path_factory):
 def moved(bench):
     """A model whose random adapter (fixed seed, whatever ran before) makes λ matter."""
     model = bench.load_model()
-    adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=2, num_preferences=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in adapter.layers.values():
@@ -44,7 +44,9 @@ def test_base_model_is_one_point_and_has_no_gain(bench):
 
 def test_zero_adapter_gives_one_point_at_the_base(bench):
     model = bench.load_model()
-    adapter = inject_adapter(model, PanaceaConfig(rank=2, num_preferences=2))  # U = 0 at init
+    adapter = inject_adapter(
+        model, PanaceaConfig(num_general=2, num_preferences=2)
+    )  # U = 0 at init
     result = bench.evaluate(model, adapter=adapter, samples_per_prompt=2)
     np.testing.assert_array_equal(result.objectives, result.objectives[[0] * 11])
     np.testing.assert_array_equal(result.base_objectives, result.objectives[0])
@@ -104,7 +106,9 @@ def test_stories_evaluator_reports_gain_and_the_base_point(bench, tmp_path):
     from panacea_pl.models import PanaceaPolicy
     from panacea_pl.preference import simplex_grid
 
-    policy = PanaceaPolicy(str(bench.model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(
+        str(bench.model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2)
+    )
     evaluator = StoriesEvaluator(
         2, bench.checkpoint.parent, bench.cache_dir, benchmark=SMALL, samples_per_prompt=8
     )

@@ -109,7 +109,7 @@ def gpu_config(root: Path, max_steps: int) -> Path:
         "class_path": "panacea_pl.models.PanaceaPolicy",
         "init_args": {
             "model_name_or_path": "${panacea.stories_model:}",
-            "adapter": {"rank": 8, "num_preferences": 2},
+            "adapter": {"num_general": 8, "num_preferences": 2},
         },
     }
     cfg["trainer"].update(

@@ -67,7 +67,7 @@ def agent_command(sweep: dict, assignment: dict) -> list[str]:
 
 def lookup(config: dict, dotted: str):
     """The value at a dotted CLI key; a key given for a class's arguments directly (as the
-    adapter's `...adapter.rank`) is read under the parsed `init_args`."""
+    adapter's `...adapter.num_general`) is read under the parsed `init_args`."""
     node = config
     for key in dotted.split("."):
         node = node[key] if key in node else node["init_args"][key]
@@ -97,7 +97,7 @@ def test_sweep_is_well_formed(name):
     assert {
         "model.init_args.aggregator.class_path",
         "model.init_args.loss.init_args.beta",
-        "model.init_args.policy.init_args.adapter.rank",
+        "model.init_args.policy.init_args.adapter.num_general",
         "model.init_args.preference_alpha",
     } <= names, "the sweeps compare aggregation × β × rank × Dirichlet α"
 
@@ -151,8 +151,8 @@ def test_one_combination_trains_on_the_stories_benchmark(name, stories_run_dir):
     aggregator = assignment["model.init_args.aggregator.class_path"].rsplit(".", 1)[1]
     assert type(model.aggregator).__name__ == aggregator
     assert model.loss.beta == pytest.approx(assignment["model.init_args.loss.init_args.beta"])
-    rank = assignment["model.init_args.policy.init_args.adapter.rank"]
-    assert model.policy.adapter.config.rank == rank
+    rank = assignment["model.init_args.policy.init_args.adapter.num_general"]
+    assert model.policy.adapter.config.num_general == rank
     alpha = assignment["model.init_args.preference_alpha"]
     assert model.sampler.alpha.tolist() == pytest.approx([alpha, alpha])
 

@@ -49,7 +49,9 @@ def _layer(shape, base_dtype, adapter_dtype: str, device: str, seed: int):
     model = model.to(device=device, dtype=base_dtype)
     adapter = inject_adapter(
         model,
-        PanaceaConfig(rank=8, num_preferences=2, target_modules=["proj"], dtype=adapter_dtype),
+        PanaceaConfig(
+            num_general=8, num_preferences=2, target_modules=["proj"], dtype=adapter_dtype
+        ),
     )
     layer = adapter.layers["proj"]
     with torch.no_grad():

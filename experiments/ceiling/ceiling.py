@@ -45,17 +45,17 @@ BETA = 1.25
 VARIANTS: dict[str, dict] = {
     "dpo_r0_corner": {"lam": CORNER},
     "dpo_r0_centre": {"lam": CENTRE},
-    "dpo_r8_corner": {"lam": CORNER, "rank": 8},
+    "dpo_r8_corner": {"lam": CORNER, "num_general": 8},
     "dpo_full_corner": {"lam": CORNER, "full": True, "lr": 5e-4},
     "dpo_r0_corner_pool0.25": {"lam": CORNER, "pairs_per_prompt": 256},
     "dpo_r0_corner_lr0.01": {"lam": CORNER, "lr": 0.01},
     "dpo_r0_corner_pool4": {"lam": CORNER, "pairs_per_prompt": 4096},
-    "dpo_r8_centre": {"lam": CENTRE, "rank": 8},
-    "dpo_r8_corner_lr0.0005": {"lam": CORNER, "rank": 8, "lr": 5e-4},
+    "dpo_r8_centre": {"lam": CENTRE, "num_general": 8},
+    "dpo_r8_corner_lr0.0005": {"lam": CORNER, "num_general": 8, "lr": 5e-4},
     "dpo_r0_centre_lr0.01": {"lam": CENTRE, "lr": 0.01},
     "dpo_full_corner_lr5e-05": {"lam": CORNER, "full": True, "lr": 5e-5},
 }
-DEFAULTS = {"rank": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
+DEFAULTS = {"num_general": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
 
 
 class FullFineTuneDPO(FixedPreferenceDPO):
@@ -241,7 +241,7 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     s = DEFAULTS | VARIANTS[name]
     total = args.schedule_steps  # one schedule for the whole curve, whichever steps are evaluated
     pl.seed_everything(0, workers=True)
-    policy = StoriesPolicy(adapter=PanaceaConfig(rank=s["rank"], num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=s["num_general"], num_preferences=2))
     kwargs = {
         "preference": list(s["lam"]),
         "loss": MultiObjectiveDPOLoss(beta=BETA),

@@ -106,15 +106,13 @@ def config_for(
         },
     ]
     sweep = trainer["callbacks"][0]["init_args"]
-    sweep["evaluator"]["init_args"].update(num_dimensions=m, samples_per_prompt=samples_per_prompt)
+    config["num_preferences"] = m  # the components say ${panacea.num_preferences:}
+    sweep["evaluator"]["init_args"].update(samples_per_prompt=samples_per_prompt)
     sweep.update(
         divisions=GRID_DIVISIONS[m], every_n_epochs=0, sweep_on_fit_start=method == "panacea_ls"
     )
     init = model["init_args"]
-    init["policy"]["init_args"]["adapter"]["num_preferences"] = m
-    config["data"]["init_args"]["num_dimensions"] = m
     if method in ON_POLICY:
-        init["reward"]["init_args"]["num_dimensions"] = m
         return config
     init["scheduler"]["init_args"]["total_steps"] = steps
     if method == "panacea_tche":
@@ -122,7 +120,11 @@ def config_for(
         # ideal point is the best loss seen so far (lowered by a small margin), not 0.
         init["aggregator"] = {
             "class_path": "panacea_pl.objectives.Tchebycheff",
-            "init_args": {"ideal": "running", "num_preferences": m, "margin": 0.02},
+            "init_args": {
+                "ideal": "running",
+                "num_preferences": "${panacea.num_preferences:}",
+                "margin": 0.02,
+            },
         }
     if method in ("dps", "rewarded_soups"):
         model["class_path"] = "panacea_pl.baselines.FixedPreferenceDPO"

@@ -5,9 +5,13 @@
 The number of preference dimensions m is stated by several components of a YAML: the adapter
 (`num_preferences`), the data (`num_dimensions`, `dimensions`, `dimension_names`), the
 aggregator (`num_preferences`, a per-dimension `ideal` point), an evaluator (`num_dimensions`),
-a fixed λ (`preference`), a saved adapter (`adapter_path`). If they disagree, the run would
-fail at step 0 with a shape error that names none of them, after the model has loaded; here
-the error lists every statement of m with its config key.
+a fixed λ (`preference`), a saved adapter (`adapter_path`). The shipped YAMLs state the number
+once, as the top-level `num_preferences`, and the components refer to it
+(`${panacea.num_preferences:}`, resolved when the file is read); a list (dimension names, a λ,
+the data's dimensions) still states m by its length, and a later file or a `--key value` can
+still give the top level or one component another number. If
+they disagree, the run would fail at step 0 with a shape error that names none of them, after
+the model has loaded; here the error lists every statement of m with its config key.
 """
 
 from __future__ import annotations

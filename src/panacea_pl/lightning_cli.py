@@ -3,10 +3,11 @@
     run_lightning_cli(["fit", "--config", "experiments/stories/panacea_dpo.yaml"])
 
 What it adds to Lightning's: any LightningModule / DataModule subclass by `class_path`
-(a user's own module too), omegaconf parsing with `panacea_pl.resolvers`, atomic checkpoint
-writes (`AtomicCheckpointIO`), a `last.ckpt` in every run's `checkpoints/` when the config
-names no `ModelCheckpoint`, checks that fail before anything loads (m stated alike by every
-component; a `--ckpt_path` that is readable), and a quiet console.
+(a user's own module too), omegaconf parsing with `panacea_pl.resolvers`, m stated once per
+config file as its top-level `num_preferences` (components say `${panacea.num_preferences:}`),
+atomic checkpoint writes (`AtomicCheckpointIO`), a `last.ckpt` in every run's `checkpoints/`
+when the config names no `ModelCheckpoint`, checks that fail before anything loads (m stated
+alike by every component; a `--ckpt_path` that is readable), and a quiet console.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from omegaconf.errors import InterpolationResolutionError
 
 from panacea_pl.callbacks.progress import ProgressBar as PanaceaProgressBar
 from panacea_pl.config_checks import check_dimension_agreement
@@ -42,6 +44,13 @@ CLI_SETTINGS: dict[str, Any] = {
     "trainer_defaults": TRAINER_DEFAULTS,
     "auto_configure_optimizers": False,
 }
+
+NUM_PREFERENCES_HELP = (
+    "m, the number of preference dimensions, stated once in a config file: every component of "
+    "that file that takes m says `${panacea.num_preferences:}`, resolved when the file is read. "
+    "Given alone on the command line it does not reach them (they are resolved by then): the "
+    "m check then names every statement that disagrees"
+)
 
 #: `--ckpt_path` values that Lightning resolves itself.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -75,6 +84,17 @@ class PanaceaCLI(LightningCLI):
         prepare_parsing()
         settings = {"parser_class": ShortUsageParser, **CLI_SETTINGS, **kwargs}
         super().__init__(args=args, run=run, **settings)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_num_preferences(parser)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, with an interpolation that cannot resolve (e.g. a
+        `${panacea.num_preferences:}` in a file without the top-level key) a parse error."""
+        try:
+            super().parse_arguments(parser, args)
+        except InterpolationResolutionError as err:
+            parser.error(str(err).splitlines()[0])
 
     def _parse_ckpt_path(self) -> None:
         """Read `--ckpt_path` with clear errors, and restore the module's arguments from it.
@@ -131,6 +151,14 @@ class PanaceaCLI(LightningCLI):
         if extra:
             kwargs["callbacks"] = callbacks + extra
         return super().instantiate_trainer(**kwargs)
+
+
+def add_num_preferences(parser: LightningArgumentParser) -> None:
+    """The top-level `num_preferences`: m, stated once per config. A component that takes m says
+    `${panacea.num_preferences:}` (`panacea_pl.resolvers`), which resolves to it."""
+    parser.add_argument(
+        "--num_preferences", type=int | None, default=None, help=NUM_PREFERENCES_HELP
+    )
 
 
 def _accepted_arguments(class_path: str | None, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """omegaconf resolvers that the shipped YAMLs use; `panacea-pl` registers them before parsing.
 
+    num_preferences: 2                                # m, stated once
     data:
       init_args:
         tokenizer: ${panacea.stories_model:}        # the converted stories260K folder
+        num_dimensions: ${panacea.num_preferences:} # this file's top-level num_preferences
     # or with an explicit data_dir / cache_dir:  ${panacea.stories_model:/data,/cache}
 
 Built-in resolvers such as `${oc.env:PANACEA_DATA_DIR,../shared/data}` need nothing from here.
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import omegaconf
 from omegaconf import OmegaConf
 
 STORIES_MODEL = "panacea.stories_model"
+NUM_PREFERENCES = "panacea.num_preferences"
 
 _launch_dir: str | None = None
 
@@ -56,13 +60,37 @@ def stories_model_dir(data_dir: str | None = None, cache_dir: str | None = None)
     return str(StoriesBenchmark(data, cache, progress=False).model_dir)
 
 
+def config_num_preferences(*, _root_: Any) -> int:
+    """m for `${panacea.num_preferences:}`: the config's top-level `num_preferences`.
+
+    Resolved when its config file is read (jsonargparse's omegaconf mode resolves each file on
+    its own), against that file's top-level key: to change m, change that one number. A root
+    with a single key (`{"fit": {...}}`, a config read under a subcommand) is looked into.
+    """
+    node = _root_
+    if "num_preferences" not in node and len(node) == 1:  # {"fit": {...}}
+        node = next(iter(node.values()))
+    m = node.get("num_preferences")
+    if m is None:
+        raise ValueError(
+            f"${{{NUM_PREFERENCES}:}} needs the config's top-level `num_preferences: m` (the "
+            "number of preference dimensions, stated once for every component)"
+        )
+    return m
+
+
 def register_resolvers() -> None:
-    """Register `${panacea.stories_model:...}` with omegaconf, relative to the current directory."""
+    """Register `${panacea.stories_model:...}` (relative to the current directory) and
+    `${panacea.num_preferences:}` with omegaconf."""
     global _launch_dir
     _launch_dir = os.getcwd()
-    if not OmegaConf.has_resolver(STORIES_MODEL):
-        # omegaconf 2.4 renamed register_new_resolver to register_resolver (in 2.3 that name is
-        # the legacy, string-only API)
-        new_api = tuple(int(v) for v in omegaconf.__version__.split(".")[:2]) >= (2, 4)
-        register = OmegaConf.register_resolver if new_api else OmegaConf.register_new_resolver
-        register(STORIES_MODEL, stories_model_dir)
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver (in 2.3 that name is the
+    # legacy, string-only API)
+    new_api = tuple(int(v) for v in omegaconf.__version__.split(".")[:2]) >= (2, 4)
+    register = OmegaConf.register_resolver if new_api else OmegaConf.register_new_resolver
+    for name, resolver in (
+        (STORIES_MODEL, stories_model_dir),
+        (NUM_PREFERENCES, config_num_preferences),
+    ):
+        if not OmegaConf.has_resolver(name):
+            register(name, resolver)

@@ -55,6 +55,7 @@ class BaselineCLI(PanaceaCLI):
         super().__init__(args=args, run=False)
 
     def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
         parser.add_class_arguments(BaselineSettings, "baseline")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
@@ -79,6 +80,7 @@ class BaselineCLI(PanaceaCLI):
 NOT_TRAINING = (
     "config",
     "baseline",
+    "num_preferences",  # m reaches training through the components that say it
     "model.init_args.preference",
     "trainer.logger",
     "trainer.default_root_dir",

@@ -1,7 +1,7 @@
 """The paper's baselines as policies the evaluators take: several trained adapters behind one
 model, swapped (DPS) or interpolated (rewarded soups) for each λ.
 
-    base = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    base = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(num_general=8, num_preferences=2))
     dps = DPSPolicy.from_adapters(base, {(1.0, 0.0): "dps/e0/adapter", (0.5, 0.5): …, …})
     rs = RewardedSoupsPolicy.from_adapters(base, ["rs/e0/adapter", "rs/e1/adapter"])
     with rs.preference([0.3, 0.7]):         # θ = 0.3·θ_0 + 0.7·θ_1, loaded into the one model
@@ -9,8 +9,8 @@ model, swapped (DPS) or interpolated (rewarded soups) for each λ.
     front = DPSFront(dps, loss=MultiObjectiveDPOLoss(beta=0.1))
     Trainer(callbacks=[ParetoSweep(StoriesEvaluator())]).validate(front, datamodule=data)
 
-Both are `panacea_pl.models.PreferencePolicy`s with `per_sample_preference = False`: a batch holds
-one λ, and the evaluators send each λ of the grid in batches of its own. Member adapters are kept
+Both are `panacea_pl.models.PreferencePolicy`s with `accepts_row_preferences = False`: a forward
+pass takes one λ, and the evaluators send each λ of the grid in batches of its own. Member adapters are kept
 as CPU tensors and copied into the one injected adapter when λ changes (nothing is copied while λ
 stays the same), so a collection costs one model plus its adapters' weights.
 `load_members(base, run_dir)` rebuilds the collection a `panacea-pl baseline` run trained.
@@ -62,7 +62,7 @@ class AdapterCollection(nn.Module):
         states: K adapter state dicts (`adapter.state_dict()` or `read_adapter_state`).
     """
 
-    per_sample_preference = False
+    accepts_row_preferences = False
 
     def __init__(
         self,

@@ -23,18 +23,19 @@ from panacea_pl.preference import validate_preference
 class FixedPreference:
     """Mixin for a `PanaceaModule` trained at one fixed λ instead of sampled ones: training,
     validation and the λ of every per-sample row are this λ. Call `_fix_preference` in
-    `__init__` after the module's own."""
+    `__init__` after the module's own.
+
+    The λ is the buffer `fixed_preference` ([m]); `preference` is only the constructor's
+    argument, since everywhere else `.preference(λ)` is the adapter's context manager.
+    """
+
+    fixed_preference: torch.Tensor
 
     def _fix_preference(self, preference: Sequence[float]) -> None:
         lam = validate_preference(preference, self.num_preferences)
         if lam.dim() != 1:
             raise ValueError(f"preference must be one λ of shape [m], got shape {list(lam.shape)}")
         self.register_buffer("fixed_preference", lam, persistent=False)
-
-    @property
-    def preference(self) -> torch.Tensor:
-        """The fixed λ, [m]."""
-        return self.fixed_preference
 
     def sample_preference(self, batch_size: int) -> torch.Tensor:
         lam = self.fixed_preference

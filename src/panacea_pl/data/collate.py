@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from panacea_pl.rows import join_pairs, pair_rows
+
 
 def _round_up(length: int, multiple: int | None) -> int:
     if not multiple:
@@ -76,13 +78,16 @@ class PreferenceCollator:
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [r["prompt_ids"] for r in rows]
-        responses = [r["response_a_ids"] for r in rows] + [r["response_b_ids"] for r in rows]
+        responses = join_pairs(
+            [r["response_a_ids"] for r in rows], [r["response_b_ids"] for r in rows]
+        )
         batch = pad_sequences(
-            prompts + prompts, responses, self.pad_token_id, self.pad_to_multiple_of
+            pair_rows(prompts), responses, self.pad_token_id, self.pad_to_multiple_of
         )
         batch["labels"] = torch.as_tensor([r["labels"] for r in rows], dtype=torch.float32)
         batch["is_safe"] = torch.as_tensor(
-            [r["is_safe_a"] for r in rows] + [r["is_safe_b"] for r in rows], dtype=torch.long
+            join_pairs([r["is_safe_a"] for r in rows], [r["is_safe_b"] for r in rows]),
+            dtype=torch.long,
         )
         return batch
 

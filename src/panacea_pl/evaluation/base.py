@@ -17,7 +17,7 @@ class FrontEvaluator(Protocol):
     `module` is the LightningModule being trained or evaluated; its `policy` is a
     `panacea_pl.models.PreferencePolicy` (Panacea's `PanaceaPolicy`, or a baseline's policy
     collection). The evaluator must evaluate the whole grid in per-sample batches (one λ row per
-    sequence), not one pass per λ — unless the policy's `per_sample_preference` is False, in
+    sequence), not one pass per λ — unless the policy's `accepts_row_preferences` is False, in
     which case each batch holds one λ only.
     """
 

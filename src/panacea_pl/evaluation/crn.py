@@ -1,7 +1,7 @@
 """Common random numbers for front sweeps: sampling noise fixed per row, shared across λ.
 
     keys = row_keys(seed, torch.arange(K))                   # one key per prompt × sample
-    sampler = GumbelSampler(keys.repeat(G), prompt_width=input_ids.shape[1])
+    sampler = GumbelSampler(tile_rows(keys, G), prompt_width=input_ids.shape[1])  # G λ blocks
     out = model.generate(input_ids, attention_mask, do_sample=False,
                          logits_processor=LogitsProcessorList([sampler]), max_new_tokens=32)
 

@@ -1,8 +1,8 @@
 """Prompts in, responses out: one batched `generate` call per chunk, one λ row per sequence.
 
     prompt_ids = encode_prompts(tokenizer, ["How do I bake bread?"], TokenizationSpec())
-    rows = [ids for _ in grid for ids in prompt_ids]            # prompts × λ, λ-major
-    out = generate_rows(policy, tokenizer, rows, grid.repeat_interleave(len(prompt_ids), 0),
+    rows = tile_rows(prompt_ids, len(grid))                     # prompts × λ, λ-major
+    out = generate_rows(policy, tokenizer, rows, repeat_rows(grid, len(prompt_ids)),
                         max_rows=64, max_new_tokens=32)
     out.texts[0]        # decoded prompt + response of the first row (what a scorer reads)
     out.responses[0]    # the response alone
@@ -10,7 +10,7 @@
 Prompts come from a list of strings, a JSON-lines file (`load_prompts`), or a datamodule's
 held-out set (`datamodule_prompt_ids`). Generation uses the policy's `generate` with the λ rows
 of each chunk, or its `reference()` (for Panacea: the adapter disabled, i.e. the base model). A
-policy that takes one λ per batch (`per_sample_preference` False: the baselines' collections)
+policy that takes one λ per batch (`accepts_row_preferences` False: the baselines' collections)
 gets chunks that never mix two λ (give `group_size`, the rows per λ). With `noise_keys` sampling
 uses common random numbers (`panacea_pl.evaluation.crn`); with `plan` only one rank's share of
 the rows is generated (`panacea_pl.evaluation.sharding`). A response is the generated
@@ -108,7 +108,7 @@ def generate_rows(
         preferences: [N, m] the λ of each row, or None to generate with `policy.reference()`.
         max_rows: most rows in one `generate` call.
         group_size: rows per λ (consecutive rows share it); with a policy whose
-            `per_sample_preference` is False, chunks end at every group boundary.
+            `accepts_row_preferences` is False, chunks end at every group boundary.
         progress: show a tqdm bar over the chunks.
         desc: the bar's label.
         noise_keys: [N] int64 sampling-noise keys (`panacea_pl.evaluation.crn.row_keys`): with
@@ -126,7 +126,7 @@ def generate_rows(
     pad = pad_token_id(tokenizer)
     stops = stop_ids(policy, tokenizer)
     generate_kwargs = {"pad_token_id": pad, "eos_token_id": stops or None, **generate_kwargs}
-    per_sample = preferences is None or getattr(policy, "per_sample_preference", True)
+    per_sample = preferences is None or getattr(policy, "accepts_row_preferences", True)
     if not per_sample and group_size is None:
         raise ValueError("a policy without per-sample λ needs group_size (rows per λ)")
     if plan is None:

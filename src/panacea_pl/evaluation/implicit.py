@@ -4,7 +4,7 @@ For each λ of the grid, the module's loss gives each response its implicit rewa
 (`PreferenceLoss.implicit_rewards`: β (log π_λ(y) − log π_ref(y)) for DPO, β log π_λ(y) for a
 reference-free loss, which then needs no reference pass), and that ranks each held-out pair; f_i(λ) is the fraction of dimension-i pairs ranked as labelled. The grid is
 evaluated in per-sample batches: each pair batch is repeated once per λ in a chunk. A policy that
-takes one λ per forward pass (`per_sample_preference` False: the baselines' policy collections)
+takes one λ per forward pass (`accepts_row_preferences` False: the baselines' policy collections)
 gets chunks of one λ.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from panacea_pl.evaluation.result import FrontResult
+from panacea_pl.rows import repeat_rows, tile_rows
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "response_mask")
 
@@ -55,16 +56,16 @@ class ImplicitRewardEvaluator:
             if not loss.is_reference_free:
                 with policy.reference():
                     reference = policy.sequence_logprobs(batch).double().cpu()
-            chunk = max(1, self.max_rows // (2 * b)) if policy.per_sample_preference else 1
+            chunk = max(1, self.max_rows // (2 * b)) if policy.accepts_row_preferences else 1
             for start in range(0, len(grid), chunk):
                 lams = grid[start : start + chunk]
                 g = len(lams)
-                repeated = {k: batch[k].repeat(g, 1) for k in SEQUENCE_KEYS}
-                # rows: for each λ, its B a-responses then its B b-responses
-                rows = lams.repeat_interleave(2 * b, dim=0)
+                # rows: for each λ, a copy of the pair batch (its B a rows, then its B b rows)
+                repeated = {k: tile_rows(batch[k], g) for k in SEQUENCE_KEYS}
+                rows = repeat_rows(lams, 2 * b)
                 with policy.preference(rows):
                     logps = policy.sequence_logprobs(repeated).double().cpu()
-                ref = None if reference is None else reference.repeat(g)
+                ref = None if reference is None else tile_rows(reference, g)
                 rewards = loss.implicit_rewards(logps, ref).view(g, 2, b)
                 h = rewards[:, 0] - rewards[:, 1]  # [g, B]: implicit reward of a minus b
                 signed = h[:, :, None] * signs[None]  # [g, B, m]

@@ -20,9 +20,9 @@ or from YAML:
 **Rows.** Every prompt is answered under every λ of the grid: rows = grid λ × prompts (×
 `samples_per_prompt`), one λ row per sequence, `max_rows` rows per `policy.generate` call, so the
 whole grid goes through in per-sample batches (for a policy that takes one λ per batch,
-`per_sample_preference` False — the baselines' collections — no call mixes two λ). Prompt + response texts are scored by the
-`VectorRewardModel` loaded from `scorer` (`VectorRewardModel.load`); f_i(λ) is the mean over the
-prompts, its standard error is the column `"{objective} se"`.
+`accepts_row_preferences` False — the baselines' collections — no call mixes two λ). Prompt +
+response texts are scored by the `VectorRewardModel` loaded from `scorer`
+(`VectorRewardModel.load`); f_i(λ) is the mean over the prompts, its standard error is the column `"{objective} se"`.
 
 **Objectives.** `objectives` maps each policy dimension (in the module's `dimension_names`) to
 one output of the scorer: `"score:<name>"` (the scorer's reward head `<name>`, higher is better)
@@ -72,6 +72,7 @@ from panacea_pl.evaluation.result import FrontResult
 from panacea_pl.evaluation.sharding import gather, shard_plan
 from panacea_pl.models.generation import Generations
 from panacea_pl.models.reward import ScorerOutput, VectorRewardModel
+from panacea_pl.rows import group_rows, repeat_rows, tile_rows
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +257,14 @@ class RewardModelEvaluator:
         mapping = self.resolve_objectives(names)
         sources = list(mapping.values())
         tokenizer = policy.tokenizer()
-        prompts = [
-            ids
-            for ids in self.prompt_ids(module, tokenizer)
-            for _ in range(self.samples_per_prompt)
-        ]
+        prompts = repeat_rows(self.prompt_ids(module, tokenizer), self.samples_per_prompt)
         k, grid = len(prompts), preferences.detach().float().cpu()
         self._place_scorer(module.device)
 
-        rows = grid.repeat_interleave(k, 0)  # λ-major: the k prompt rows of λ_0, then λ_1, …
-        generations, scores = self._sweep(policy, tokenizer, prompts * len(grid), rows, k, sources)
-        scores = scores.view(len(grid), k, -1)
+        rows = repeat_rows(grid, k)  # λ-major: the k prompt rows of λ_0, then λ_1, …
+        texts = tile_rows(prompts, len(grid))
+        generations, scores = self._sweep(policy, tokenizer, texts, rows, k, sources)
+        scores = group_rows(scores, k)  # [λ, k, objectives]
         objectives, se = _mean_se(scores)
         self.last_generations = generations
 
@@ -291,7 +289,7 @@ class RewardModelEvaluator:
         lower = reference if self.lower is None else np.asarray(self.lower, dtype=np.float64)
         upper = lower + 1.0 if self.upper is None else np.asarray(self.upper, dtype=np.float64)
 
-        lengths = generations.lengths.reshape(len(grid), k).mean(1)
+        lengths = group_rows(generations.lengths, k).mean(1)
         return FrontResult(
             preferences=preferences.detach().cpu().numpy(),
             objectives=objectives,
@@ -315,7 +313,7 @@ class RewardModelEvaluator:
         (Generations, scores [N, m]) in row order. Row i's noise key is i mod K (its prompt and
         sample), so every λ and the base model share the draws."""
         keys = row_keys(self.seed, torch.arange(len(prompts)) % per_lambda)
-        group_size = None if getattr(policy, "per_sample_preference", True) else per_lambda
+        group_size = None if getattr(policy, "accepts_row_preferences", True) else per_lambda
         plan = shard_plan(len(prompts), self.max_rows, group_size, sharded=self.distributed)
         local = generate_rows(
             policy,

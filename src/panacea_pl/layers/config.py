@@ -27,11 +27,16 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 class PanaceaConfig:
     """Shape and placement of the adapter  W(λ) = W0 + c · U · diag(σ_1…σ_k, s·λ_1…s·λ_m) · V.
 
+    The update's rank is `total_rank` = num_general + num_preferences = k + m: that is PEFT's
+    LoRA `r` (what `export_peft` writes), not `num_general`.
+
     Args:
-        rank: k, the number of general (preference-independent) singular values σ.
+        num_general: k, the number of general (preference-independent) singular values σ.
+            Called `rank` in earlier versions; adapter folders and checkpoints saved with `rank`
+            still load (see `LEGACY_FIELDS`).
         num_preferences: m, the number of preference dimensions; λ has m entries.
-        alpha: scaling numerator: c = alpha / (rank + num_preferences), as in LoRA. None means
-            alpha = rank + num_preferences, i.e. c = 1.
+        alpha: scaling numerator: c = alpha / (num_general + num_preferences), as in LoRA. None
+            means alpha = num_general + num_preferences, i.e. c = 1.
         dropout: dropout on the adapter's input (training only).
         target_modules: which linear layers to adapt. A list of names matches a module whose full
             name equals an entry or ends with "." + entry; a string is a regular expression that
@@ -40,7 +45,7 @@ class PanaceaConfig:
             when the base model is bf16).
     """
 
-    rank: int = 8
+    num_general: int = 8
     num_preferences: int = 2
     alpha: float | None = None
     dropout: float = 0.0
@@ -52,8 +57,8 @@ class PanaceaConfig:
 
     @property
     def total_rank(self) -> int:
-        """k + m: the number of singular values, i.e. the rank of the update."""
-        return self.rank + self.num_preferences
+        """k + m: the number of singular values, i.e. the rank of the update (PEFT's `r`)."""
+        return self.num_general + self.num_preferences
 
     @property
     def scaling(self) -> float:
@@ -66,8 +71,10 @@ class PanaceaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PanaceaConfig:
+        """The config from `to_dict`'s mapping, or from an older version's (see `LEGACY_FIELDS`)."""
         if not isinstance(data, dict):
             raise ValueError(f"a PanaceaConfig must be a mapping of fields, got {data!r}")
+        data = upgrade_fields(data)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -75,6 +82,30 @@ class PanaceaConfig:
                 f"unknown PanaceaConfig fields {unknown}; known fields: {sorted(known)}"
             )
         return cls(**data)
+
+
+# Fields renamed since earlier versions: old name -> new name. Adapter folders
+# (`layers.io`'s config JSON) and Lightning checkpoints (`modules.base.ADAPTER_CONFIG_KEY`)
+# written before the rename store the old name.
+LEGACY_FIELDS: dict[str, str] = {"rank": "num_general"}
+
+
+def upgrade_fields(data: dict) -> dict:
+    """A copy of a saved config mapping with `LEGACY_FIELDS` renamed to their current names.
+
+    Raises:
+        ValueError: the mapping holds both a field's old and its new name.
+    """
+    out = dict(data)
+    for old, new in LEGACY_FIELDS.items():
+        if old in out:
+            if new in out:
+                raise ValueError(
+                    f"PanaceaConfig fields {old!r} and {new!r} both given; {old!r} is the old "
+                    f"name of {new!r}, keep only {new!r}"
+                )
+            out[new] = out.pop(old)
+    return out
 
 
 def _bad(field: str, value: Any, expected: str) -> ValueError:
@@ -94,8 +125,10 @@ def check_fields(config: PanaceaConfig) -> None:
 
     `dtype` is rewritten to its canonical name ("bf16" → "bfloat16").
     """
-    if not _is_int(config.rank) or config.rank < 0:
-        raise _bad("rank", config.rank, "an integer >= 0 (k, the general singular values)")
+    if not _is_int(config.num_general) or config.num_general < 0:
+        raise _bad(
+            "num_general", config.num_general, "an integer >= 0 (k, the general singular values)"
+        )
     if not _is_int(config.num_preferences) or config.num_preferences < 1:
         raise _bad("num_preferences", config.num_preferences, "an integer >= 1 (m)")
     alpha = config.alpha
@@ -103,8 +136,8 @@ def check_fields(config: PanaceaConfig) -> None:
         raise _bad(
             "alpha",
             alpha,
-            "a finite number > 0 (the scaling c = alpha / (rank + num_preferences); 0 would "
-            "freeze the adapter at the base model) or null for c = 1",
+            "a finite number > 0 (the scaling c = alpha / (num_general + num_preferences); 0 "
+            "would freeze the adapter at the base model) or null for c = 1",
         )
     dropout = config.dropout
     if not (_is_number(dropout) and 0.0 <= dropout < 1.0):

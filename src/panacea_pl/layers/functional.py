@@ -81,7 +81,7 @@ class PanaceaLinearFunction(torch.autograd.Function):
             out = torch.addmm(bias, x2, weight.T)
             out.view(blocks, -1, out.shape[-1]).baddbmm_(hd.transpose(1, 2), u_t)
         ctx.save_for_backward(xb, weight, V, d, U, xv, hd, preference)
-        ctx.x_shape, ctx.scaling, ctx.rank = x.shape, scaling, sigma.shape[0]
+        ctx.x_shape, ctx.scaling, ctx.num_general = x.shape, scaling, sigma.shape[0]
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -106,7 +106,7 @@ class PanaceaLinearFunction(torch.autograd.Function):
             grad_d = _reduce(gu * xv, d)
             if ctx.scaling != 1.0:
                 grad_d = grad_d * ctx.scaling
-            grad_sigma, grad_lam = grad_d[..., : ctx.rank], grad_d[..., ctx.rank :]
+            grad_sigma, grad_lam = grad_d[..., : ctx.num_general], grad_d[..., ctx.num_general :]
             if d.dim() == 2:
                 grad_sigma = grad_sigma.sum(0)
             grad_scale = (grad_lam * preference).sum().view(1)

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from panacea_pl.atomic import atomic_write
-from panacea_pl.layers.config import PanaceaConfig
+from panacea_pl.layers.config import PanaceaConfig, upgrade_fields
 from panacea_pl.layers.functional import singular_values
 from panacea_pl.layers.layer import linear_shape
 from panacea_pl.layers.model import PanaceaAdapter, inject_adapter
@@ -169,14 +169,18 @@ def _read_meta(directory: Path) -> dict:
 
 
 def _config_of(meta: dict, path: Path) -> PanaceaConfig:
-    missing = [f for f in ("rank", "num_preferences") if f not in meta["config"]]
+    try:
+        fields = upgrade_fields(meta["config"])
+    except ValueError as err:
+        raise AdapterLoadError(f"{path}: field 'config': {err}") from None
+    missing = [f for f in ("num_general", "num_preferences") if f not in fields]
     if missing:
         raise AdapterLoadError(
             f"{path}: field 'config' lacks {missing}; expected the PanaceaConfig the adapter was "
             "saved with (its weights' shapes depend on them)"
         )
     try:
-        return PanaceaConfig.from_dict(meta["config"])
+        return PanaceaConfig.from_dict(fields)
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"{path}: field 'config': {err}") from None
 
@@ -246,9 +250,10 @@ def export_peft(
 ) -> Path:
     """Write a standard PEFT LoRA folder equal to the adapter at one fixed λ.
 
-    With r = k + m and lora_alpha = r (PEFT scaling 1): lora_B = U and lora_A = diag(c·d(λ))·V
-    (c inside A, where `singular_values` puts it), so B·A = c·U·diag(d(λ))·V, our update.
-    GPT-2's Conv1D layers get `fan_in_fan_out`.
+    With r = `total_rank` = k + m and lora_alpha = r (PEFT scaling 1): lora_B = U and
+    lora_A = diag(d)·V with d = c·[σ_1 … σ_k, s·λ_1 … s·λ_m] (`singular_values`: c sits in A,
+    not in B), so B·A = c·U·diag(σ, s·λ)·V, our update. GPT-2's Conv1D layers get
+    `fan_in_fan_out`.
 
     Args:
         adapter: the adapter to export.

@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from panacea_pl.checks import resolve_dtype
 from panacea_pl.layers.config import PanaceaConfig
 from panacea_pl.layers.functional import panacea_linear, singular_values
+from panacea_pl.rows import repeat_rows
 
 
 @dataclass
@@ -62,7 +63,7 @@ class PanaceaLinear(nn.Module):
         self.in_features, self.out_features = linear_shape(base_layer)
         self.base_layer = base_layer
         self.is_conv1d = isinstance(base_layer, Conv1D)
-        self.rank = config.rank
+        self.num_general = config.num_general
         self.num_preferences = config.num_preferences
         self.scaling = config.scaling
         # Held outside the module tree so it is shared, not copied into each state dict.
@@ -76,7 +77,7 @@ class PanaceaLinear(nn.Module):
         r = config.total_rank
         self.panacea_V = nn.Parameter(torch.empty(r, self.in_features, **factory))
         self.panacea_U = nn.Parameter(torch.zeros(self.out_features, r, **factory))
-        self.panacea_sigma = nn.Parameter(torch.ones(config.rank, **factory))
+        self.panacea_sigma = nn.Parameter(torch.ones(config.num_general, **factory))
         self.panacea_scale = nn.Parameter(torch.ones(1, **factory))
         self.reset_parameters()
 
@@ -168,7 +169,7 @@ class PanaceaLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+            f"in={self.in_features}, out={self.out_features}, num_general={self.num_general}, "
             f"preferences={self.num_preferences}, scaling={self.scaling:g}"
         )
 
@@ -181,7 +182,7 @@ def _repeat_rows(rows: torch.Tensor, x: torch.Tensor, repeats: int) -> torch.Ten
     """
     b, n = rows.shape[0], x.shape[0]
     if n == b * repeats:
-        return rows if repeats == 1 else rows.repeat_interleave(repeats, dim=0)
+        return repeat_rows(rows, repeats)
     hint = (
         f"; to give each λ row to {n // b} consecutive sequences (generate with "
         f"num_return_sequences={n // b} or num_beams={n // b}), pass repeats={n // b} with the "

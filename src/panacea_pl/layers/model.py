@@ -1,7 +1,7 @@
 """Inject the Panacea adapter into a model and drive it: set λ, switch it off, merge, list params.
 
     from panacea_pl.layers import PanaceaConfig, inject_adapter
-    adapter = inject_adapter(model, PanaceaConfig(rank=8, num_preferences=2))
+    adapter = inject_adapter(model, PanaceaConfig(num_general=8, num_preferences=2))
     with adapter.preference([0.2, 0.8]):
         out = model.generate(**inputs)
     with adapter.disabled():          # the reference model: same weights, adapter off

@@ -1,6 +1,6 @@
 """The PPO critic: one value per preference dimension, conditioned on λ like the policy.
 
-    critic = PanaceaCritic("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    critic = PanaceaCritic("path/to/model", adapter=PanaceaConfig(num_general=8, num_preferences=2))
     with critic.preference(lam_rows):                 # [N, m], one λ per sequence
         values = critic(input_ids, attention_mask, position_ids)    # [N, T, m]
 

@@ -28,6 +28,7 @@ from panacea_pl.models.generation import stop_ids
 from panacea_pl.models.logprobs import token_logprobs
 from panacea_pl.models.policy import PanaceaPolicy
 from panacea_pl.models.rollout import Rollout, sample_rollout
+from panacea_pl.rows import repeat_rows
 
 
 @dataclass
@@ -116,8 +117,8 @@ def sample_and_score(
             update is on-policy and its KL is not in the reward: GRPO with one step).
     """
     tokenizer = policy.tokenizer() if tokenizer is None else tokenizer
-    input_ids = batch["input_ids"].repeat_interleave(samples_per_prompt, 0)
-    attention_mask = batch["attention_mask"].repeat_interleave(samples_per_prompt, 0)
+    input_ids = repeat_rows(batch["input_ids"], samples_per_prompt)
+    attention_mask = repeat_rows(batch["attention_mask"], samples_per_prompt)
     n, m = input_ids.shape[0], policy.num_preferences
     lam = preference.to(input_ids.device)
     lam = lam.expand(n, m) if lam.dim() == 1 else lam

@@ -1,6 +1,6 @@
 """The policy: a Hugging Face causal LM with the Panacea adapter, built from a path.
 
-    policy = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(rank=8, num_preferences=2))
+    policy = PanaceaPolicy("path/to/model", adapter=PanaceaConfig(num_general=8, num_preferences=2))
     logps = policy.sequence_logprobs(batch)                  # adapter on, current λ
     with policy.adapter.disabled():
         ref = policy.sequence_logprobs(batch)                # the reference, no second copy
@@ -36,17 +36,19 @@ from panacea_pl.preference import PreferenceLike
 class PreferencePolicy(Protocol):
     """What an evaluator needs from a policy steered by λ.
 
-    Panacea's policy takes a different λ per row of a batch (`per_sample_preference` True); a
+    Panacea's policy takes a different λ per row of a batch (`accepts_row_preferences` True); a
     collection of baseline models (DPS, rewarded soups) swaps weights and takes one λ per
-    forward pass (False): evaluators then send every λ in batches of its own.
+    forward pass (False): evaluators then send every λ in batches of its own. (Not to be
+    confused with a training module's `per_sample_preference`, which says whether training
+    *draws* one λ per example.)
 
     Attributes:
         model: the causal LM that is run and generates (with the current λ's weights).
-        per_sample_preference: whether one batch may hold different λ rows.
+        accepts_row_preferences: whether one forward pass may take a different λ per row.
     """
 
     model: nn.Module
-    per_sample_preference: bool
+    accepts_row_preferences: bool
 
     @property
     def num_preferences(self) -> int: ...
@@ -73,7 +75,7 @@ class PanaceaPolicy(nn.Module):
 
     Args:
         model_name_or_path: a Hugging Face model folder or hub name (`from_pretrained`).
-        adapter: shape and placement of a new adapter. With `adapter_path` too, its rank and
+        adapter: shape and placement of a new adapter. With `adapter_path` too, its num_general and
             num_preferences must equal the saved adapter's.
         adapter_path: a folder written by `save_adapter`, to continue from or evaluate.
         dtype: dtype of the base weights ("float32", "bfloat16"/"bf16", "float16"/"fp16", …).
@@ -114,7 +116,7 @@ class PanaceaPolicy(nn.Module):
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
 
-    per_sample_preference = True
+    accepts_row_preferences = True
 
     @property
     def num_preferences(self) -> int:
@@ -179,7 +181,7 @@ class PanaceaPolicy(nn.Module):
 def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> PanaceaConfig:
     """Read a saved adapter's config and refuse one that contradicts the `adapter` also given.
 
-    Compared: rank, num_preferences, alpha, dropout and dtype (target_modules are saved as full
+    Compared: num_general, num_preferences, alpha, dropout and dtype (target_modules are saved as full
     layer names and checked against the model when the adapter loads).
 
     Raises:
@@ -191,7 +193,7 @@ def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> Pa
         return saved
     differ = [
         f"{field} {getattr(adapter, field)!r} (adapter) vs {getattr(saved, field)!r} (saved)"
-        for field in ("num_preferences", "rank", "alpha", "dropout", "dtype")
+        for field in ("num_preferences", "num_general", "alpha", "dropout", "dtype")
         if getattr(adapter, field) != getattr(saved, field)
     ]
     if differ:

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from panacea_pl.checks import check_integer, check_number
+from panacea_pl.layers.config import upgrade_fields
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
@@ -281,7 +282,7 @@ class PanaceaModule(pl.LightningModule):
 
     def _mismatch_message(self, checkpoint: dict, missing: list[str], shapes: list[str]) -> str:
         """What differs between a checkpoint's adapter and this module's, config first."""
-        saved = checkpoint.get(ADAPTER_CONFIG_KEY) or {}
+        saved = upgrade_fields(checkpoint.get(ADAPTER_CONFIG_KEY) or {})
         current = self.policy.adapter.config.to_dict()
         differ = [
             f"{key}={saved[key]!r} in the checkpoint, {current.get(key)!r} in the config"
@@ -297,5 +298,3 @@ class PanaceaModule(pl.LightningModule):
             parts.append(f"{len(missing)} adapter tensors are missing, e.g. {missing[:3]}")
         parts.append("resume with the adapter settings the checkpoint was trained with")
         return ". ".join(parts)
-        if SAMPLER_STATE_KEY in checkpoint:
-            self.sampler.load_state_dict(checkpoint[SAMPLER_STATE_KEY])

@@ -1,6 +1,6 @@
 """Panacea with multi-objective DPO: one DPO loss per dimension, aggregated with λ.
 
-    module = PanaceaDPO(policy=PanaceaPolicy(path, adapter=PanaceaConfig(rank=8, num_preferences=2)),
+    module = PanaceaDPO(policy=PanaceaPolicy(path, adapter=PanaceaConfig(num_general=8, num_preferences=2)),
                         loss=MultiObjectiveDPOLoss(beta=0.1), aggregator=Tchebycheff())
     Trainer(max_steps=200).fit(module, datamodule=PreferenceDataModule(...))
 
@@ -14,6 +14,7 @@ import torch
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses, PreferenceLoss
+from panacea_pl.rows import pair_rows
 
 
 class PanaceaDPO(PanaceaModule):
@@ -36,7 +37,7 @@ class PanaceaDPO(PanaceaModule):
         self.loss = loss if loss is not None else MultiObjectiveDPOLoss()
 
     def dimension_losses(self, batch: dict, preference: torch.Tensor) -> PairwiseLosses:
-        rows = preference if preference.dim() == 1 else preference.repeat(2, 1)  # a rows, b rows
+        rows = preference if preference.dim() == 1 else pair_rows(preference)
         adapter = self.policy.adapter
         with adapter.preference(rows, checked=True):  # drawn on the simplex by the sampler
             policy_logps = self.policy.sequence_logprobs(batch)

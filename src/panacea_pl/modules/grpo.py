@@ -1,6 +1,6 @@
 """Critic-free Panacea: GRPO / RLOO with one preference vector per group of responses.
 
-    module = PanaceaGRPO(policy=StoriesPolicy(adapter=PanaceaConfig(rank=0, num_preferences=2)),
+    module = PanaceaGRPO(policy=StoriesPolicy(adapter=PanaceaConfig(num_general=0, num_preferences=2)),
                          reward=StoriesReward(num_dimensions=2), group_size=8, kl_coef=0.05)
     Trainer(max_epochs=100).fit(module, datamodule=StoriesPromptDataModule(batch_size=16))
 
@@ -67,6 +67,7 @@ from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
 from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, group_std
 from panacea_pl.objectives.grpo import GroupPolicyLoss
+from panacea_pl.rows import repeat_rows
 
 
 class PanaceaGRPO(PanaceaModule):

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from panacea_pl.checks import check_integer, check_number
 from panacea_pl.models.experience import ScoredRollout
+from panacea_pl.rows import repeat_rows
 
 
 def names_from_reward(reward, kwargs: dict) -> dict:
@@ -35,7 +36,7 @@ def group_preference(module, num_prompts: int, group_size: int) -> Tensor:
     lam = module.sample_preference(num_prompts)
     if lam.dim() == 1:
         lam = lam.expand(num_prompts, -1)
-    return lam.repeat_interleave(group_size, 0)
+    return repeat_rows(lam, group_size)
 
 
 def check_dimension_order(module: pl.LightningModule, reward) -> None:

@@ -1,8 +1,8 @@
 """Panacea with PPO (Panacea-RLHF): rollouts under per-sample λ, a vector reward, a λ-conditioned
 critic with one value per dimension, per-dimension GAE, and advantages aggregated with λ.
 
-    module = PanaceaPPO(policy=StoriesPolicy(adapter=PanaceaConfig(rank=8, num_preferences=2)),
-                        critic=PanaceaCritic(model_dir, adapter=PanaceaConfig(rank=8)),
+    module = PanaceaPPO(policy=StoriesPolicy(adapter=PanaceaConfig(num_general=8, num_preferences=2)),
+                        critic=PanaceaCritic(model_dir, adapter=PanaceaConfig(num_general=8)),
                         reward=StoriesReward(num_dimensions=2), kl_coef=0.05)
     Trainer(max_epochs=100).fit(module, datamodule=StoriesPromptDataModule(batch_size=16))
 

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from panacea_pl.models.reward import VectorRewardModel
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import BradleyTerryLoss, SafetyCostLoss
+from panacea_pl.rows import split_pairs
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -67,7 +68,7 @@ class RewardModelModule(pl.LightningModule):
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self.model(batch["input_ids"], batch["attention_mask"])
         b = batch["labels"].shape[0]
-        pairwise = self.bt_loss(out.scores[:b], out.scores[b:], batch["labels"])
+        pairwise = self.bt_loss(*split_pairs(out.scores), batch["labels"])
         counts = pairwise.counts()
         labelled = counts > 0
         loss = pairwise.dimension_means()[labelled].sum() / labelled.sum().clamp(min=1)
@@ -82,7 +83,7 @@ class RewardModelModule(pl.LightningModule):
         }
         if self.cost_index is not None:
             cost = self.cost_loss(
-                out.cost[:b], out.cost[b:], batch["labels"][:, self.cost_index], batch["is_safe"]
+                *split_pairs(out.cost), batch["labels"][:, self.cost_index], batch["is_safe"]
             )
             loss = loss + cost.mean_loss()
             n = cost.mask.sum()

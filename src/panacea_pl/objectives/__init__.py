@@ -1,6 +1,6 @@
 """Objectives: per-dimension losses (DPO, Bradley–Terry, safety cost, SFT, PPO) and aggregators
-(of losses, and of PPO advantages: `advantage`), and the critic-free group advantages and loss
-of GRPO/RLOO (`group_advantage`, `grpo`).
+(of losses, and of PPO advantages: `advantage`; both Tchebycheffs share `tchebycheff`), and the
+critic-free group advantages and loss of GRPO/RLOO (`group_advantage`, `grpo`).
 
 from panacea_pl.objectives import MultiObjectiveDPOLoss, Tchebycheff
 out = MultiObjectiveDPOLoss(beta=0.1)(policy_logps, reference_logps, labels)

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from panacea_pl.objectives.aggregation import ideal_point
+from panacea_pl.objectives.tchebycheff import IdealPoint, distributed, weighted_gaps
 from panacea_pl.preference import checked_step_preference
 
 
@@ -48,10 +48,6 @@ class AggregatedAdvantages:
 
     advantages: Tensor
     weights: Tensor
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 class AdvantageAggregator(nn.Module):
@@ -116,7 +112,7 @@ class LinearAdvantage(AdvantageAggregator):
         return preference
 
 
-class TchebycheffAdvantage(AdvantageAggregator):
+class TchebycheffAdvantage(IdealPoint, AdvantageAggregator):
     """Tchebycheff: maximise −max_i λ_i (z_i − J_i); the advantage is λ_i*·A_i* per row, with
     i* = argmax_i λ_i (z_i − Ĵ_i) and Ĵ = `values` (the critic's estimate of J under that λ).
 
@@ -134,6 +130,9 @@ class TchebycheffAdvantage(AdvantageAggregator):
     z_i is raised by `margin` ≥ 0 (the utopia point), so a dimension at its best keeps a
     positive shortfall and λ_i stays in play.
 
+    The ideal point and the weighted max are `Tchebycheff`'s (`objectives.tchebycheff`), with
+    gaps z − J instead of L − z.
+
     Args:
         ideal: a number, one per dimension, or "running".
         num_preferences: m; required with ``ideal="running"``.
@@ -147,18 +146,13 @@ class TchebycheffAdvantage(AdvantageAggregator):
         margin: float = 0.0,
     ):
         super().__init__()
-        self.running, self.margin = ideal == "running", margin
-        point = ideal_point(ideal, num_preferences, margin, float("-inf"))
-        self.register_buffer("ideal_point", point)
+        self._init_ideal(ideal, num_preferences, margin, lower_is_better=False)
 
     def update(self, preference: Tensor, values: Tensor | None, rewards: Tensor | None) -> None:
         if not self.running:
             return
         values = self._need_values(values, preference)
-        best = torch.maximum(self.ideal_point, values.amax(0).to(self.ideal_point))
-        if _distributed():
-            dist.all_reduce(best, op=dist.ReduceOp.MAX)
-        self.ideal_point.copy_(best)
+        self.ideal_point.copy_(self._improved_ideal(values.amax(0).to(self.ideal_point), sync=True))
 
     def weights(self, preference: Tensor, values: Tensor | None, rewards: Tensor | None) -> Tensor:
         values = self._need_values(values, preference)
@@ -167,12 +161,12 @@ class TchebycheffAdvantage(AdvantageAggregator):
             raise ValueError(f"ideal point has {z.numel()} values, J has {values.shape[1]}")
         if not torch.isfinite(z).all():
             z = torch.where(torch.isfinite(z), z, values.amax(0))  # not updated yet (eval)
-        shortfall = preference * (z + self.margin - values)
+        shortfall = weighted_gaps(self._utopia(z) - values, preference)
         active = shortfall.argmax(-1, keepdim=True)
         return torch.zeros_like(preference).scatter(-1, active, preference.gather(-1, active))
 
     def metrics(self) -> dict[str, Tensor]:
-        return {"ideal": self.ideal_point + self.margin} if self.running else {}
+        return {"ideal": self._utopia(self.ideal_point)} if self.running else {}
 
     @staticmethod
     def _need_values(values: Tensor | None, preference: Tensor) -> Tensor:
@@ -235,7 +229,7 @@ class LagrangianAdvantage(AdvantageAggregator):
             raise ValueError(f"the Lagrangian needs rewards {list(preference.shape)}, got {shape}")
         cost = -rewards[:, self.constraint_dimension].double()
         stats = torch.stack([cost.sum(), torch.tensor(float(cost.numel()), dtype=cost.dtype)])
-        if _distributed():
+        if distributed():
             stats = stats.to(self.multiplier.device)
             dist.all_reduce(stats)
         mean_cost = (stats[0] / stats[1]).to(self.multiplier)

@@ -22,32 +22,8 @@ import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from panacea_pl.objectives.outputs import masked_mean
+from panacea_pl.objectives.tchebycheff import IdealPoint, distributed, weighted_gaps
 from panacea_pl.preference import checked_step_preference
-
-
-def ideal_point(
-    ideal: float | Sequence[float] | str,
-    num_preferences: int | None,
-    margin: float,
-    unseen: float,
-) -> Tensor:
-    """Check a Tchebycheff ideal-point setting and return the buffer that starts it.
-
-    `ideal` is a number, one number per dimension, or "running" (then the buffer is
-    `num_preferences` copies of `unseen`, the value that any observation replaces).
-    """
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    if isinstance(ideal, str):
-        if ideal != "running":
-            raise ValueError(f'ideal must be a number, numbers or "running", got {ideal!r}')
-        if num_preferences is None:
-            raise ValueError('ideal="running" needs num_preferences (m) for its buffer')
-        return torch.full((num_preferences,), unseen)
-    point = torch.as_tensor(ideal, dtype=torch.float32)
-    if point.dim() > 1 or not torch.isfinite(point).all():
-        raise ValueError(f"ideal must be a finite number or a list of them, got {ideal}")
-    return point
 
 
 class Aggregator(nn.Module):
@@ -105,7 +81,7 @@ class Aggregator(nn.Module):
         batch's loss, so W processes step exactly as one process with the W-times larger batch
         (a mean of per-rank means would weigh a rank with few labels of a dimension too much).
         """
-        if not (self.training and dist.is_available() and dist.is_initialized()):
+        if not (self.training and distributed()):
             return total, count
         if dist.get_world_size() == 1:
             return total, count
@@ -165,7 +141,7 @@ class LinearScalarization(Aggregator):
         return (preference * losses).masked_fill(~mask, 0.0).sum(-1)
 
 
-class Tchebycheff(Aggregator):
+class Tchebycheff(IdealPoint, Aggregator):
     """Tchebycheff scalarisation (Tche):  L(λ) = max_i λ_i (L_i − z_i)  over labelled dimensions.
 
     The ideal point z is
@@ -187,7 +163,8 @@ class Tchebycheff(Aggregator):
         num_preferences: m; required with ``ideal="running"``.
         margin: subtracted from z.
 
-    Subclasses that override `aggregate` receive the shifted losses L − z.
+    Subclasses that override `aggregate` receive the shifted losses L − z. The ideal point and
+    the weighted max are shared with `TchebycheffAdvantage` (`objectives.tchebycheff`).
     """
 
     def __init__(
@@ -197,10 +174,7 @@ class Tchebycheff(Aggregator):
         margin: float = 0.0,
     ):
         super().__init__()
-        self.running, self.margin = ideal == "running", margin
-        self.register_buffer(
-            "ideal_point", ideal_point(ideal, num_preferences, margin, float("inf"))
-        )
+        self._init_ideal(ideal, num_preferences, margin, lower_is_better=True)
 
     def forward(self, losses: Tensor, preference: Tensor, mask: Tensor | None = None) -> Tensor:
         losses, preference, mask = self._check(losses, preference, mask)
@@ -212,18 +186,17 @@ class Tchebycheff(Aggregator):
         if self.ideal_point.numel() not in (1, m):
             raise ValueError(f"ideal point has {self.ideal_point.numel()} values, losses have {m}")
         if not self.running:
-            return self.ideal_point.to(losses.dtype) - self.margin
+            return self._utopia(self.ideal_point.to(losses.dtype))
         means = masked_mean(losses.detach(), mask).to(self.ideal_point.dtype)
-        best = torch.minimum(self.ideal_point, means.masked_fill(~mask.any(0), float("inf")))
+        observed = means.masked_fill(~mask.any(0), float("inf"))
+        best = self._improved_ideal(observed, sync=self.training)
         if self.training:
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(best, op=dist.ReduceOp.MIN)
             self.ideal_point.copy_(best)
         z = torch.where(torch.isfinite(best), best, means)
-        return z.to(losses.dtype) - self.margin
+        return self._utopia(z.to(losses.dtype))
 
     def aggregate(self, losses: Tensor, preference: Tensor, mask: Tensor) -> Tensor:
-        return (preference * losses).masked_fill(~mask, float("-inf")).amax(-1)
+        return weighted_gaps(losses, preference, mask).amax(-1)
 
 
 class SmoothTchebycheff(Tchebycheff):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from panacea_pl.checks import check_number
 from panacea_pl.objectives.outputs import PairwiseLosses, check_pair_labels, soft_logistic_loss
+from panacea_pl.rows import split_pairs
 
 
 class PreferenceLoss(nn.Module):
@@ -82,9 +83,9 @@ class PreferenceLoss(nn.Module):
                 f"{list(policy_logps.shape)}"
             )
         ratios = self.log_ratios(policy_logps, reference_logps)
-        batch = ratios.shape[0] // 2
-        y = check_pair_labels(labels, batch).to(ratios)
-        h = (ratios[:batch] - ratios[batch:])[:, None].expand_as(y)
+        ratios_a, ratios_b = split_pairs(ratios)
+        y = check_pair_labels(labels, len(ratios_a)).to(ratios)
+        h = (ratios_a - ratios_b)[:, None].expand_as(y)
         mask = y != 0
         return PairwiseLosses(
             losses=self.pair_loss(h, y).masked_fill(~mask, 0.0),

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
+from panacea_pl.rows import group_rows
 
 
 def _groups(x: Tensor, group_size: int) -> Tensor:
@@ -55,7 +56,7 @@ def _groups(x: Tensor, group_size: int) -> Tensor:
         raise ValueError(
             f"{x.shape[0]} rows do not split into groups of {group_size} (need G ≥ 2 dividing N)"
         )
-    return x.reshape(x.shape[0] // group_size, group_size, *x.shape[1:])
+    return group_rows(x, group_size)
 
 
 def group_mean(x: Tensor, group_size: int) -> Tensor:

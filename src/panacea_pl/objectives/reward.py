@@ -18,6 +18,7 @@ from panacea_pl.objectives.outputs import (
     check_pair_labels,
     soft_logistic_loss,
 )
+from panacea_pl.rows import join_pairs, split_pairs
 
 
 class BradleyTerryLoss(nn.Module):
@@ -98,15 +99,17 @@ class SafetyCostLoss(nn.Module):
         margin_mask = y != 0
         preference_term = (-F.logsigmoid(margins)).masked_fill(~margin_mask, 0.0)
 
-        costs = torch.cat([cost_a, cost_b])
+        costs = join_pairs(cost_a, cost_b)
         signs = torch.where(is_safe == 1, -1.0, torch.where(is_safe == 0, 1.0, 0.0)).to(costs)
         signed_costs = signs * costs
         sign_mask = signs != 0
         sign_terms = (-F.logsigmoid(signed_costs)).masked_fill(~sign_mask, 0.0)
 
+        sign_a, sign_b = split_pairs(sign_terms)
+        mask_a, mask_b = split_pairs(sign_mask)
         return CostLosses(
-            losses=preference_term + sign_terms[:batch] + sign_terms[batch:],
-            mask=margin_mask | sign_mask[:batch] | sign_mask[batch:],
+            losses=preference_term + sign_a + sign_b,
+            mask=margin_mask | mask_a | mask_b,
             margins=margins.detach(),
             margin_mask=margin_mask,
             signed_costs=signed_costs.detach(),

@@ -186,7 +186,7 @@ class StoriesEvaluator:
                 preferences=preferences,
                 set_preference=policy.set_preference,
                 reference=policy.reference,
-                per_sample=policy.per_sample_preference,
+                per_sample=policy.accepts_row_preferences,
                 samples_per_prompt=self.samples_per_prompt,
                 seed=self.seed,
                 shard=self.distributed,
