@@ -24,13 +24,13 @@ from panacea_pl.evaluation.crn import GumbelSampler, mix32
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.modules import PanaceaOnlineDPO
-from panacea_pl.modules.online_dpo import group_pairs
 from panacea_pl.objectives import (
     BradleyTerryLabels,
     MultiObjectiveDPOLoss,
     RewardOrderLabels,
     Tchebycheff,
 )
+from panacea_pl.rows import group_members, within_group_pairs
 from test_entry_points import assert_quiet
 from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
 
@@ -67,15 +67,16 @@ def test_labels_clear_errors():
         BradleyTerryLabels([0.1, 0.2, 0.3])(torch.zeros(3, 2), torch.zeros(3, 2))
 
 
-def test_group_pairs_every_unordered_pair_within_each_group():
-    pairs = group_pairs(2, 3)
+def test_group_rows_and_every_unordered_pair_within_each_group():
+    pairs = within_group_pairs(2, 3)
     assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [3, 4], [3, 5], [4, 5]]
-    assert group_pairs(3, 2).tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert within_group_pairs(3, 2).tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert group_members(torch.tensor([2, 0]), 3).tolist() == [6, 7, 8, 0, 1, 2]
 
 
 def build(model_dir, **kwargs) -> PanaceaOnlineDPO:
     torch.manual_seed(0)
-    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(rank=2, num_preferences=2))
+    policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a trained-looking adapter, so that λ and the reference matter
         for layer in policy.adapter.layers.values():

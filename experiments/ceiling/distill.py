@@ -55,7 +55,7 @@ def main() -> None:
         s = rewards[rows] / bench.beta_eff
         w = np.exp(s - s.max())
         weights[rows] = w / w.sum()
-    policy = StoriesPolicy(adapter=PanaceaConfig(rank=args.rank, num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=args.rank, num_preferences=2))
     optimizer = torch.optim.AdamW(policy.adapter.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(0)
     num_prompts = len(np.unique(prompt))

@@ -78,6 +78,22 @@ def group_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(x.shape[0] // k, k, *x.shape[1:])
 
 
+def group_members(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [len(groups)·k] of the rows of the given groups under `repeat_rows`' layout,
+    group by group (group g's rows are g·k … g·k + k − 1)."""
+    _check_count(k)
+    return (groups[:, None] * k + torch.arange(k, device=groups.device)).reshape(-1)
+
+
+def within_group_pairs(num_groups: int, k: int, device=None) -> torch.Tensor:
+    """[num_groups · k(k−1)/2, 2] row indices (a, b) of every unordered pair within each group of
+    k consecutive rows, group-major: (0, 1), (0, 2), …, (k−2, k−1), then group 1's."""
+    _check_count(k)
+    within = torch.triu_indices(k, k, 1, device=device).T
+    starts = torch.arange(num_groups, device=device) * k
+    return (starts[:, None, None] + within[None]).reshape(-1, 2)
+
+
 def _check_count(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"a row repeat count must be an integer >= 1, got {k!r}")

@@ -67,7 +67,6 @@ from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
 from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantages, group_std
 from panacea_pl.objectives.grpo import GroupPolicyLoss
-from panacea_pl.rows import repeat_rows
 
 
 class PanaceaGRPO(PanaceaModule):

@@ -1,7 +1,7 @@
 """Online multi-objective DPO: pairs sampled from the current policy at per-prompt λ, labelled
 in every dimension by a reward function, trained with the λ-aggregated DPO loss.
 
-    module = PanaceaOnlineDPO(policy=StoriesPolicy(adapter=PanaceaConfig(rank=0, num_preferences=2)),
+    module = PanaceaOnlineDPO(policy=StoriesPolicy(adapter=PanaceaConfig(num_general=0, num_preferences=2)),
                               reward=StoriesReward(num_dimensions=2),
                               labeler=BradleyTerryLabels(temperature=0.04),
                               loss=MultiObjectiveDPOLoss(beta=1.25), responses_per_prompt=4)
@@ -58,14 +58,7 @@ from panacea_pl.modules.on_policy import (
 from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses, PreferenceLoss
 from panacea_pl.objectives.pair_labels import BradleyTerryLabels, PairLabeler
-
-
-def group_pairs(num_groups: int, group_size: int, device=None) -> Tensor:
-    """[num_groups · k(k−1)/2, 2] row indices (a, b) of every unordered pair within each group of
-    `group_size` consecutive rows, group-major: (0, 1), (0, 2), …, (k−2, k−1), then group 1's."""
-    within = torch.triu_indices(group_size, group_size, 1, device=device).T
-    starts = torch.arange(num_groups, device=device) * group_size
-    return (starts[:, None, None] + within[None]).reshape(-1, 2)
+from panacea_pl.rows import group_members, join_pairs, within_group_pairs
 
 
 class PanaceaOnlineDPO(PanaceaModule):
@@ -161,7 +154,7 @@ class PanaceaOnlineDPO(PanaceaModule):
         """Per-dimension losses of every pair of the given prompts' responses, their λ [P, m]
         and their labels [P, m]."""
         k = self.responses_per_prompt
-        rows = (prompts[:, None] * k + torch.arange(k, device=prompts.device)).reshape(-1)
+        rows = group_members(prompts, k)
         rollout, mask = scored.rollout, scored.mask[rows]
         with self.policy.preference(scored.preference[rows]):
             token_logps = policy_token_logps(
@@ -175,11 +168,11 @@ class PanaceaOnlineDPO(PanaceaModule):
         scored.logps[rows] = token_logps.detach()
         logps = (token_logps * mask).sum(-1)
         ref_logps = (scored.ref_logps[rows] * mask).sum(-1)
-        pairs = group_pairs(len(prompts), k, logps.device)
+        pairs = within_group_pairs(len(prompts), k, logps.device)
         a, b = pairs[:, 0], pairs[:, 1]
         labels = self.labeler(scored.rewards[rows][a], scored.rewards[rows][b])
-        reference = None if self.loss.is_reference_free else torch.cat([ref_logps[a], ref_logps[b]])
-        losses = self.loss(torch.cat([logps[a], logps[b]]), reference, labels)
+        reference = None if self.loss.is_reference_free else join_pairs(ref_logps[a], ref_logps[b])
+        losses = self.loss(join_pairs(logps[a], logps[b]), reference, labels)
         return losses, scored.preference[rows][a], labels
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
