@@ -8,6 +8,7 @@ by a checkpoint file's path (the README's instruction) and by `last`, and fed ba
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,7 @@ def test_demo_shrunk(workdir):
     )
     assert proc.returncode == 0, proc.out
     assert "[3/3] the front" in proc.out and "hypervolume ratio" in proc.out
+    assert re.search(r"front ordered like λ .*: happy -?[01]\.\d\d, sad -?[01]\.\d\d", proc.out)
     assert_quiet(proc.out)
 
 
