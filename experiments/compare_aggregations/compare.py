@@ -267,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.dims:
         methods = args.methods if m <= 3 else ["panacea_ls"]
         for method in methods:
-            print(f"=== m={m} {method}: {args.steps} steps per model ===", flush=True)
+            budget = (
+                f"{args.iterations} iterations"
+                if method in ON_POLICY
+                else f"{args.steps} steps per model"
+            )
+            print(f"=== m={m} {method}: {budget} ===", flush=True)
             samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
             config = config_for(m, method, args.steps, args.out, samples, args.iterations)
             if method.startswith("panacea"):
