@@ -1,8 +1,12 @@
-"""Every `panacea-pl` command, run as a user runs it: the console script in a subprocess, its exit
-status, the files it writes and what it prints.
+"""Every `panacea-pl` command, run as a user runs it: in a process of its own, its exit status,
+the files it writes and what it prints.
 
-One small stories run (`stories_small`) is trained once per module and then validated, resumed
-by a checkpoint file's path (the README's instruction) and by `last`, and fed bad inputs.
+One small stories run (`stories_small`) is trained once per module by the installed console
+script and then validated, resumed by a checkpoint file's path (the README's instruction) and
+by `last`, and fed bad inputs. Those later commands run in processes forked from one
+interpreter that has imported what the console script imports (`cli_server`), so each skips
+the few seconds of importing torch and Lightning; they run the same `main()` on the same
+arguments, folder and environment, and their logs include what the import printed.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import pytest
 import yaml
 
 import stories_small
+from cli_server import CLIServer
 
-pytestmark = pytest.mark.slow
+# one worker runs the whole module: its commands share the trained run and the CLI server
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("entry_points")]
 
 PANACEA_PL = Path(sys.executable).with_name("panacea-pl")
 CONFIG = str(stories_small.STORIES_CONFIG)
@@ -35,8 +41,25 @@ NOISE = (
 )
 
 
-def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
-    """Run the console script; returns the CompletedProcess with stdout+stderr in `.out`."""
+class Result:
+    """A command's exit status and its stdout+stderr, as `subprocess.CompletedProcess` has."""
+
+    def __init__(self, returncode: int, out: str):
+        self.returncode, self.out = returncode, out
+
+
+_SERVER: list[CLIServer] = []  # the module's server, while the `workdir` fixture holds it
+
+
+def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> Result:
+    """`panacea-pl ARGS` forked from the module's CLI server (see `cli_server`)."""
+    (server,) = _SERVER
+    return Result(*server.run(list(args), cwd=cwd, env=env, timeout=timeout))
+
+
+def console_script(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run the installed console script; returns the CompletedProcess with stdout+stderr in
+    `.out`."""
     assert PANACEA_PL.is_file(), f"console script not installed at {PANACEA_PL}"
     proc = subprocess.run(
         [str(PANACEA_PL), *args],
@@ -65,13 +88,17 @@ def workdir(tmp_path_factory, shared_data):
     bigger = yaml.safe_load((root / "small.yaml").read_text())
     bigger["trainer"]["max_steps"] = 5
     (root / "small5.yaml").write_text(yaml.safe_dump(bigger))
-    return root
+    with CLIServer() as server:  # started here: it inherits the variables set above
+        _SERVER.append(server)
+        yield root
+        _SERVER.clear()
 
 
 @pytest.fixture(scope="module")
 def trained_run(workdir) -> Path:
-    """`panacea-pl fit` for 3 steps with the default checkpointing: returns the run folder."""
-    proc = panacea_pl("fit", "--config", CONFIG, "--config", "small.yaml", cwd=workdir)
+    """`panacea-pl fit` for 3 steps with the default checkpointing, by the installed console
+    script: returns the run folder."""
+    proc = console_script("fit", "--config", CONFIG, "--config", "small.yaml", cwd=workdir)
     assert proc.returncode == 0, proc.out
     assert_quiet(proc.out)
     runs = sorted((workdir / "runs" / "stories" / "panacea_dpo").glob("version_*"))
