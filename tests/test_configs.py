@@ -111,9 +111,7 @@ def last_value(rows: list[dict[str, str]], key: str) -> float:
 # ---- every YAML parses ------------------------------------------------------------------------
 
 
-def test_configs_are_found():
-    assert "stories/panacea_dpo.yaml" in ALL_CONFIGS
-    assert "pku_saferlhf/panacea_dpo_7b.yaml" in ALL_CONFIGS
+def test_every_local_config_is_run():
     # a new CPU-sized config gets run by this file: list it in LOCAL_RUNS
     assert {c for c in ALL_CONFIGS if c.endswith("local.yaml")} == set(LOCAL_RUNS)
 
