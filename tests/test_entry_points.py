@@ -82,16 +82,19 @@ def assert_quiet(output: str) -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("entry_points")
-    os.environ.setdefault("PANACEA_DATA_DIR", str(shared_data))
-    os.environ["PANACEA_CACHE_DIR"] = str(stories_small.cache_root(tmp_path_factory))
     stories_small.small_config(root / "small.yaml", max_steps=3)
     bigger = yaml.safe_load((root / "small.yaml").read_text())
     bigger["trainer"]["max_steps"] = 5
     (root / "small5.yaml").write_text(yaml.safe_dump(bigger))
-    with CLIServer() as server:  # started here: it inherits the variables set above
-        _SERVER.append(server)
-        yield root
-        _SERVER.clear()
+    # set for this module's commands only: a later test's default stories cache stays the user's
+    with pytest.MonkeyPatch.context() as patch:
+        if "PANACEA_DATA_DIR" not in os.environ:
+            patch.setenv("PANACEA_DATA_DIR", str(shared_data))
+        patch.setenv("PANACEA_CACHE_DIR", str(stories_small.cache_root(tmp_path_factory)))
+        with CLIServer() as server:  # started here: it inherits the variables set above
+            _SERVER.append(server)
+            yield root
+            _SERVER.clear()
 
 
 @pytest.fixture(scope="module")
