@@ -69,9 +69,8 @@ LONGEST = ("tests/test_modules_ppo.py::test_short_stories_run_moves_the_front_to
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist, hand out the longest tests first, then the other slow ones: a long
-    test picked up last would leave the other worker idle while it runs. (xdist's `loadgroup`
-    hands out `xdist_group`s before single tests.) A run without workers keeps the file order,
-    so module fixtures are built once."""
+    test picked up last would leave the other worker idle while it runs. A run without workers
+    keeps the file order, so module fixtures are built once."""
     if not hasattr(config, "workerinput"):
         return
     items.sort(

@@ -24,8 +24,7 @@ import yaml
 import stories_small
 from cli_server import CLIServer
 
-# one worker runs the whole module: its commands share the trained run and the CLI server
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("entry_points")]
+pytestmark = pytest.mark.slow
 
 PANACEA_PL = Path(sys.executable).with_name("panacea-pl")
 CONFIG = str(stories_small.STORIES_CONFIG)

@@ -22,9 +22,6 @@ from panacea_pl.evaluation.runs import common_reference, front_from_table
 from panacea_pl.loggers.wandb_offline import find_offline_runs, read_offline_run
 from test_configs import EXPERIMENTS, SHORT_RUN, fit
 
-# one worker runs the whole module: its tests share the two trained runs
-pytestmark = pytest.mark.xdist_group("notebooks")
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 CONFIG = EXPERIMENTS / "pku_saferlhf/panacea_dpo_local.yaml"

@@ -34,9 +34,6 @@ from panacea_pl.modules.base import SAMPLER_STATE_KEY
 from panacea_pl.objectives import MultiObjectiveDPOLoss
 from panacea_pl.plugins import CheckpointError
 
-# one worker runs the whole module: its tests share the `runs` fixture (three process groups)
-pytestmark = pytest.mark.xdist_group("sharded")
-
 STEPS = 2  # before the checkpoint, and again after the resume
 EXPORT_LAMBDA = [0.3, 0.7]
 
