@@ -61,3 +61,18 @@ def forked_stories_env(tmp_path_factory, shared_data) -> Iterator[Path]:
 
     with stories_small.prepared_for_forks(tmp_path_factory, shared_data) as cache:
         yield cache
+
+
+#: The longest tests (over 20 s on 2 cores), started first under pytest-xdist.
+LONGEST = ("tests/test_modules_ppo.py::test_short_stories_run_moves_the_front_toward_the_optimum",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, hand out the longest tests first, then the other slow ones: a long
+    test picked up last would leave the other worker idle while it runs. A run without workers
+    keeps the file order, so module fixtures are built once."""
+    if not hasattr(config, "workerinput"):
+        return
+    items.sort(
+        key=lambda item: (item.nodeid not in LONGEST, item.get_closest_marker("slow") is None)
+    )

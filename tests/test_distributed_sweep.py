@@ -34,8 +34,9 @@ from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.layers import PanaceaConfig, inject_adapter
 from panacea_pl.modules import PanaceaDPO
 
-SAMPLES_PER_PROMPT = 16  # 8 prompts × 16 × 11 λ = 1,408 rows, + 128 base rows
-BATCH = 128
+# 8 prompts × 4 × 11 λ = 352 rows, + 32 base rows: 12 chunks of 32, 6 on each of 2 ranks
+SAMPLES_PER_PROMPT = 4
+BATCH = 32
 
 
 def _randomise(adapter) -> None:

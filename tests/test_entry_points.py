@@ -1,8 +1,12 @@
-"""Every `panacea-pl` command, run as a user runs it: the console script in a subprocess, its exit
-status, the files it writes and what it prints.
+"""Every `panacea-pl` command, run as a user runs it: in a process of its own, its exit status,
+the files it writes and what it prints.
 
-One small stories run (`stories_small`) is trained once per module and then validated, resumed
-by a checkpoint file's path (the README's instruction) and by `last`, and fed bad inputs.
+One small stories run (`stories_small`) is trained once per module by the installed console
+script and then validated, resumed by a checkpoint file's path (the README's instruction) and
+by `last`, and fed bad inputs. Those later commands run in processes forked from one
+interpreter that has imported what the console script imports (`cli_server`), so each skips
+the few seconds of importing torch and Lightning; they run the same `main()` on the same
+arguments, folder and environment, and their logs include what the import printed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pytest
 import yaml
 
 import stories_small
+from cli_server import CLIServer
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +43,25 @@ NOISE = (
 )
 
 
-def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
-    """Run the console script; returns the CompletedProcess with stdout+stderr in `.out`."""
+class Result:
+    """A command's exit status and its stdout+stderr, as `subprocess.CompletedProcess` has."""
+
+    def __init__(self, returncode: int, out: str):
+        self.returncode, self.out = returncode, out
+
+
+_SERVER: list[CLIServer] = []  # the module's server, while the `workdir` fixture holds it
+
+
+def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> Result:
+    """`panacea-pl ARGS` forked from the module's CLI server (see `cli_server`)."""
+    (server,) = _SERVER
+    return Result(*server.run(list(args), cwd=cwd, env=env, timeout=timeout))
+
+
+def console_script(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run the installed console script; returns the CompletedProcess with stdout+stderr in
+    `.out`."""
     assert PANACEA_PL.is_file(), f"console script not installed at {PANACEA_PL}"
     proc = subprocess.run(
         [str(PANACEA_PL), *args],
@@ -62,19 +84,26 @@ def assert_quiet(output: str) -> None:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("entry_points")
-    os.environ.setdefault("PANACEA_DATA_DIR", str(shared_data))
-    os.environ["PANACEA_CACHE_DIR"] = str(stories_small.cache_root(tmp_path_factory))
     stories_small.small_config(root / "small.yaml", max_steps=3)
     bigger = yaml.safe_load((root / "small.yaml").read_text())
     bigger["trainer"]["max_steps"] = 5
     (root / "small5.yaml").write_text(yaml.safe_dump(bigger))
-    return root
+    # set for this module's commands only: a later test's default stories cache stays the user's
+    with pytest.MonkeyPatch.context() as patch:
+        if "PANACEA_DATA_DIR" not in os.environ:
+            patch.setenv("PANACEA_DATA_DIR", str(shared_data))
+        patch.setenv("PANACEA_CACHE_DIR", str(stories_small.cache_root(tmp_path_factory)))
+        with CLIServer() as server:  # started here: it inherits the variables set above
+            _SERVER.append(server)
+            yield root
+            _SERVER.clear()
 
 
 @pytest.fixture(scope="module")
 def trained_run(workdir) -> Path:
-    """`panacea-pl fit` for 3 steps with the default checkpointing: returns the run folder."""
-    proc = panacea_pl("fit", "--config", CONFIG, "--config", "small.yaml", cwd=workdir)
+    """`panacea-pl fit` for 3 steps with the default checkpointing, by the installed console
+    script: returns the run folder."""
+    proc = console_script("fit", "--config", CONFIG, "--config", "small.yaml", cwd=workdir)
     assert proc.returncode == 0, proc.out
     assert_quiet(proc.out)
     runs = sorted((workdir / "runs" / "stories" / "panacea_dpo").glob("version_*"))

@@ -222,6 +222,7 @@ def test_no_prompts_without_a_datamodule(tiny_llama_dir, scorer_dir):
 SAMPLED = FAST | {"do_sample": True, "samples_per_prompt": 4, "max_new_tokens": 8}
 
 
+@pytest.mark.slow
 def test_sampled_sweep_uses_common_random_numbers(tiny_llama_dir, scorer_dir):
     """Sampling: a policy that ignores λ (a fresh adapter) is one point at the base model, with
     paired differences of exactly 0; a trained one moves, reproducibly and in any chunking."""

@@ -108,6 +108,7 @@ def test_training_lowers_the_loss_and_logs_per_dimension(tiny_llama_dir, tmp_pat
         assert key in logged, sorted(logged)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_lowers_the_loss(tiny_llama_dir, tmp_path, monkeypatch):
     """The precision of the 7B configs: the adapter runs fused under autocast and learns."""
 

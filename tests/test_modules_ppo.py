@@ -149,6 +149,7 @@ def fit(module, tmp_path, epochs=2, validate=False, **trainer_kwargs) -> pl.Trai
     return trainer
 
 
+@pytest.mark.slow
 def test_fit_trains_policy_and_critic_logs_per_dimension_and_checkpoints(tiny_llama_dir, tmp_path):
     module = build(tiny_llama_dir, randomise=False)
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -390,6 +391,7 @@ def test_short_stories_run_moves_the_front_toward_the_optimum(shared_data, tmp_p
 # ---- DPS for RLHF: the baseline runner trains FixedPreferencePPO members ---------------------
 
 
+@pytest.mark.slow
 def test_dps_runner_trains_ppo_members_on_prompts_without_a_validation_split(
     tiny_llama_dir, tmp_path
 ):
@@ -486,9 +488,11 @@ def test_dps_runner_trains_ppo_members_on_prompts_without_a_validation_split(
     assert "hypervolume" in run.metrics
 
 
+@pytest.mark.slow
 def test_shipped_stories_config_runs_one_iteration(shared_data, tmp_path, monkeypatch):
-    """`panacea-pl fit --config experiments/stories/panacea_ppo.yaml`, one PPO iteration, no
-    sweep: the YAML builds the policy, critic, reward and prompts and trains with them."""
+    """`panacea-pl fit --config experiments/stories/panacea_ppo.yaml`, one PPO iteration on 4 of
+    its 16 prompts, no sweep: the YAML builds the policy, critic, reward and prompts and trains
+    with them."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PANACEA_DATA_DIR", str(shared_data))
     config = Path(__file__).resolve().parents[1] / "experiments" / "stories" / "panacea_ppo.yaml"
@@ -503,9 +507,12 @@ def test_shipped_stories_config_runs_one_iteration(shared_data, tmp_path, monkey
             f"--trainer.logger.save_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
+            "--data.init_args.num_prompts=4",
+            "--data.init_args.batch_size=4",
         ]
     )
-    assert isinstance(cli.model, PanaceaPPO) and cli.trainer.global_step == 8
+    # 4 prompts × 8 samples = 32 rollouts: one minibatch of 32, 2 PPO epochs
+    assert isinstance(cli.model, PanaceaPPO) and cli.trainer.global_step == 2
     assert cli.model.kl_coef == StoriesBenchmark(progress=False).beta_eff
     rows = read_metrics(Path(cli.trainer.log_dir))
     assert {"train/happy/reward", "train/sad/reward", "train/kl"} <= set().union(*rows)

@@ -22,6 +22,7 @@ def train(module, rows, collate, tmp_path, steps=40):
     return trainer
 
 
+@pytest.mark.slow
 def test_reward_model_learns_the_pairs_and_saves_its_scorer(tiny_llama_dir, tmp_path):
     rows, collate = tiny.pair_rows(tiny_llama_dir)
     safety = [(0, 1), (1, 0), (1, 1), (-1, -1)]  # consistent with the harmless labels

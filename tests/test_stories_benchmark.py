@@ -162,6 +162,7 @@ def test_evaluate_base_model(bench, base_model):
     assert len(result.rows()) == 11 and "regret" in result.rows()[0]
 
 
+@pytest.mark.slow
 def test_evaluate_with_adapter(bench, base_model):
     model = bench.load_model()
     adapter = inject_adapter(model, PanaceaConfig(num_general=2, num_preferences=2))

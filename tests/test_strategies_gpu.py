@@ -35,10 +35,6 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-def test_fragments_are_found():
-    assert {p.name for p in STRATEGIES.glob("*.yaml")} == {"fsdp.yaml", "deepspeed_zero2.yaml"}
-
-
 def print_config(capsys, *configs: Path) -> dict:
     args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + ["--print_config"]
     with pytest.raises(SystemExit) as exit_info:
