@@ -44,12 +44,14 @@ METHODS = (
     "panacea_ppo",
     "panacea_online_dpo",
     "panacea_rloo",
+    "panacea_rloo_token_kl",
 )
 # on-policy methods: their own shipped recipe, trained for a number of iterations (epochs)
 ON_POLICY = {
     "panacea_ppo": REPO / "experiments/stories/panacea_ppo.yaml",
     "panacea_online_dpo": REPO / "experiments/stories/panacea_online_dpo.yaml",
     "panacea_rloo": REPO / "experiments/stories/panacea_grpo.yaml",
+    "panacea_rloo_token_kl": REPO / "experiments/stories/panacea_grpo.yaml",  # kl_in: token
 }
 TABLE_METRICS = (
     "mean_gain",
@@ -112,6 +114,8 @@ def config_for(
         divisions=GRID_DIVISIONS[m], every_n_epochs=0, sweep_on_fit_start=method == "panacea_ls"
     )
     init = model["init_args"]
+    if method == "panacea_rloo_token_kl":
+        init["kl_in"] = "token"  # the KL still to come per token, leave-one-out baseline
     if method in ON_POLICY:
         return config
     init["scheduler"]["init_args"]["total_steps"] = steps
