@@ -52,15 +52,13 @@ from torch import Tensor
 from panacea_pl.checks import check_integer, check_number
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.experience import ScoredRollout, policy_token_logps, sample_and_score
-from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.on_policy import (
-    check_dimension_order,
+    OnPolicyModule,
     check_no_dropout,
     check_settings,
     group_preference,
     log_rewards,
     minibatches,
-    names_from_reward,
     optimizer_step,
 )
 from panacea_pl.modules.ppo_rewards import RewardFunction
@@ -69,7 +67,7 @@ from panacea_pl.objectives.group_advantage import GroupAdvantage, GroupAdvantage
 from panacea_pl.objectives.grpo import GroupPolicyLoss
 
 
-class PanaceaGRPO(PanaceaModule):
+class PanaceaGRPO(OnPolicyModule):
     """Multi-objective GRPO/RLOO on prompt batches; see the module docstring.
 
     Args:
@@ -114,14 +112,14 @@ class PanaceaGRPO(PanaceaModule):
         per_sample_preference: bool = True,
         **kwargs,
     ):
-        kwargs = names_from_reward(reward, kwargs)
         super().__init__(
             policy,
+            reward,
+            generation_kwargs,
             aggregator=aggregator if aggregator is not None else LinearAdvantage(),
             per_sample_preference=per_sample_preference,
             **kwargs,
         )
-        self.automatic_optimization = False
         owner = type(self).__name__
         check_no_dropout("policy", policy.adapter.config, "GRPO")
         check_number("kl_coef", kl_coef, at_least=0, owner=owner)
@@ -132,7 +130,6 @@ class PanaceaGRPO(PanaceaModule):
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
         if kl_in not in ("reward", "token", "loss"):
             raise ValueError(f"{owner}: kl_in must be 'reward', 'token' or 'loss', got {kl_in!r}")
-        self.reward = reward
         self.advantage = advantage if advantage is not None else GroupAdvantage()
         self.policy_loss = GroupPolicyLoss(
             clip_range, clip_range_high, loss_normalization, kl_coef if kl_in == "loss" else 0.0
@@ -144,18 +141,6 @@ class PanaceaGRPO(PanaceaModule):
         self.minibatch_size = minibatch_size
         self.max_new_tokens = max_new_tokens
         self.max_grad_norm = max_grad_norm
-        self.generation_kwargs = dict(generation_kwargs or {})
-        self._tokenizer = None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        check_dimension_order(self, self.reward)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self.policy.tokenizer()
-        return self._tokenizer
 
     def group_preference(self, num_prompts: int) -> Tensor:
         """[num_prompts × G, m]: one λ per prompt (or per batch), repeated over its group."""

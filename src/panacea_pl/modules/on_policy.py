@@ -19,8 +19,49 @@ import torch
 from torch import Tensor
 
 from panacea_pl.checks import check_integer, check_number
+from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.experience import ScoredRollout
+from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.rows import repeat_rows
+
+
+class OnPolicyModule(PanaceaModule):
+    """Base of the trainers that sample their own data (PPO, GRPO/RLOO, online DPO): manual
+    optimisation, a reward function that names the dimensions by default, the policy's
+    tokenizer, the sampling settings, and a check at fit start that the reward function and the
+    datamodule order the dimensions as the module does.
+
+    Args:
+        policy: the causal LM with the Panacea adapter.
+        reward: scores responses, one column per dimension (a `RewardFunction`).
+        generation_kwargs: extra `generate` settings (other than ancestral: off-policy).
+        **kwargs: see `PanaceaModule`.
+    """
+
+    def __init__(
+        self,
+        policy: PanaceaPolicy,
+        reward,
+        generation_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        kwargs = names_from_reward(reward, kwargs)
+        super().__init__(policy, **kwargs)  # a plain **kwargs: jsonargparse follows it
+        self.automatic_optimization = False
+        self.reward = reward
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self._tokenizer = None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        check_dimension_order(self, self.reward)
+
+    @property
+    def tokenizer(self):
+        """The policy's tokenizer (loaded once)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.policy.tokenizer()
+        return self._tokenizer
 
 
 def names_from_reward(reward, kwargs: dict) -> dict:

@@ -45,14 +45,12 @@ from torch import Tensor
 from panacea_pl.checks import check_integer
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.experience import ScoredRollout, policy_token_logps, sample_and_score
-from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.on_policy import (
-    check_dimension_order,
+    OnPolicyModule,
     check_settings,
     group_preference,
     log_rewards,
     minibatches,
-    names_from_reward,
     optimizer_step,
 )
 from panacea_pl.modules.ppo_rewards import RewardFunction
@@ -61,7 +59,7 @@ from panacea_pl.objectives.pair_labels import BradleyTerryLabels, PairLabeler
 from panacea_pl.rows import group_members, join_pairs, within_group_pairs
 
 
-class PanaceaOnlineDPO(PanaceaModule):
+class PanaceaOnlineDPO(OnPolicyModule):
     """Online multi-objective DPO on prompt batches; see the module docstring.
 
     Args:
@@ -95,16 +93,15 @@ class PanaceaOnlineDPO(PanaceaModule):
         per_sample_preference: bool = True,
         **kwargs,
     ):
-        kwargs = names_from_reward(reward, kwargs)
-        super().__init__(policy, per_sample_preference=per_sample_preference, **kwargs)
-        self.automatic_optimization = False
+        super().__init__(
+            policy, reward, generation_kwargs, per_sample_preference=per_sample_preference, **kwargs
+        )
         owner = type(self).__name__
         check_integer("responses_per_prompt", responses_per_prompt, at_least=2, owner=owner)
         counts = dict(epochs=epochs, max_new_tokens=max_new_tokens)
         if minibatch_size is not None:
             counts["minibatch_size"] = minibatch_size
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
-        self.reward = reward
         self.labeler = labeler if labeler is not None else BradleyTerryLabels()
         self.loss = loss if loss is not None else MultiObjectiveDPOLoss(beta=1.25)
         self.responses_per_prompt = responses_per_prompt
@@ -112,18 +109,6 @@ class PanaceaOnlineDPO(PanaceaModule):
         self.minibatch_size = minibatch_size
         self.max_new_tokens = max_new_tokens
         self.max_grad_norm = max_grad_norm
-        self.generation_kwargs = dict(generation_kwargs or {})
-        self._tokenizer = None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        check_dimension_order(self, self.reward)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self.policy.tokenizer()
-        return self._tokenizer
 
     @property
     def kl_coef(self) -> float:

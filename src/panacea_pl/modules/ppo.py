@@ -50,14 +50,12 @@ from panacea_pl.models.experience import (
     policy_token_logps,
     sample_and_score,
 )
-from panacea_pl.modules.base import PanaceaModule
 from panacea_pl.modules.on_policy import (
-    check_dimension_order,
+    OnPolicyModule,
     check_no_dropout,
     check_settings,
     log_rewards,
     minibatches,
-    names_from_reward,
     optimizer_step,
 )
 from panacea_pl.modules.ppo_parts import Experience, PPOStats, log_iteration
@@ -71,7 +69,7 @@ from panacea_pl.objectives.ppo import (
 )
 
 
-class PanaceaPPO(PanaceaModule):
+class PanaceaPPO(OnPolicyModule):
     """Multi-objective PPO on prompt batches (`panacea_pl.data.PromptDataModule`); see the
     module docstring for the algorithm, the DDP notes and the logged keys.
 
@@ -126,14 +124,14 @@ class PanaceaPPO(PanaceaModule):
         per_sample_preference: bool = True,
         **kwargs,
     ):
-        kwargs = names_from_reward(reward, kwargs)
         super().__init__(
             policy,
+            reward,
+            generation_kwargs,
             aggregator=aggregator if aggregator is not None else LinearAdvantage(),
             per_sample_preference=per_sample_preference,
             **kwargs,
         )
-        self.automatic_optimization = False
         if critic.num_preferences != policy.num_preferences:
             raise ValueError(
                 f"the critic gives {critic.num_preferences} values but the policy has "
@@ -154,7 +152,6 @@ class PanaceaPPO(PanaceaModule):
             owner, counts, positive | dict(max_grad_norm=max_grad_norm, critic_lr=critic_lr)
         )
         self.critic = critic
-        self.reward = reward
         self.policy_loss = ClippedPolicyLoss(clip_range)
         self.value_loss = ClippedValueLoss(value_clip_range)
         self.kl_coef = kl_coef
@@ -171,18 +168,6 @@ class PanaceaPPO(PanaceaModule):
         self.freeze_policy_iterations = freeze_policy_iterations
         # iterations done, checkpointed (a resumed run keeps the critic warm-up's count)
         self.register_buffer("iterations", torch.tensor(0))
-        self.generation_kwargs = dict(generation_kwargs or {})
-        self._tokenizer = None
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        check_dimension_order(self, self.reward)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self.policy.tokenizer()
-        return self._tokenizer
 
     def optimizer_parameters(self) -> list[dict]:
         """Two groups: the policy's adapter, and the critic (at `critic_lr` if given)."""
