@@ -1,10 +1,10 @@
-"""What the on-policy trainers (`PanaceaPPO`, `PanaceaGRPO`, `PanaceaOnlineDPO`) share besides the rollout
-component (`panacea_pl.models.experience`): dimension names from the reward function, a check
-that the reward function and the datamodule name the dimensions in the module's order, and the
-logged rewards and KL-regularised objectives of a scored rollout.
+"""What the on-policy trainers (`PanaceaPPO`, `PanaceaGRPO`, `PanaceaOnlineDPO`) share besides
+the rollout component (`panacea_pl.models.experience`): their base class `OnPolicyModule`
+(manual optimisation, the reward function, whose dimension names are the default ones, the
+policy's tokenizer, the sampling settings, a check at fit start that the reward function and the
+datamodule order the dimensions as the module does), and the helpers below.
 
-    kwargs = names_from_reward(reward, kwargs)          # in __init__, before PanaceaModule's
-    check_dimension_order(self, self.reward)           # in on_fit_start
+    class MyTrainer(OnPolicyModule): ...               # __init__(policy, reward, generation_kwargs, …)
     log_rewards(self, scored, "val", kl_coef=0.05)     # {stage}/kl, {stage}/{dim}/reward, …
     lam = group_preference(self, num_prompts, k)       # one λ per prompt, over its k rows
     optimizer_step(self, loss, max_grad_norm=1.0, parts={"loss": loss})   # manual optimisation
