@@ -279,7 +279,8 @@ def test_a_users_own_module_in_a_layered_config(workdir):
 
 
 def test_demo_shrunk(workdir):
-    proc = panacea_pl(
+    """`make demo` runs the installed `panacea-pl demo`: so does this test."""
+    proc = console_script(
         "demo", "--config", CONFIG, "--config", "small.yaml", "--max-steps", "2", cwd=workdir
     )
     assert proc.returncode == 0, proc.out

@@ -107,6 +107,12 @@ def response_logps(module, scored, lam_rows, reference=False) -> torch.Tensor:
     return torch.stack(out)
 
 
+def log_ratios(module, scored) -> torch.Tensor:
+    """[N] log π(y|λ) − log π_ref(y) of each response, row by row."""
+    policy = response_logps(module, scored, scored.preference)
+    return policy - response_logps(module, scored, None, reference=True)
+
+
 def test_the_loss_of_a_rollout_is_the_lambda_weighted_dpo_loss_by_hand(tiny_llama_dir):
     """4 prompts × 3 responses at one λ per prompt: 12 pairs; each pair's loss in dimension i is
     −p log σ(β h) − (1 − p) log σ(−β h) with p = σ(Δr_i/τ), h the pair's log-ratio margin, and the
@@ -118,9 +124,7 @@ def test_the_loss_of_a_rollout_is_the_lambda_weighted_dpo_loss_by_hand(tiny_llam
     torch.testing.assert_close(groups, groups[:, :1].expand(-1, 3, -1))
     losses, preference, labels = module.pair_losses(scored, torch.arange(4))
     loss = module.aggregate(losses, preference)
-    ratio = response_logps(module, scored, scored.preference) - response_logps(
-        module, scored, None, reference=True
-    )
+    ratio = log_ratios(module, scored)
     expected = []
     for j in range(4):
         for g, h in ((0, 1), (0, 2), (1, 2)):
@@ -163,9 +167,7 @@ def test_one_hot_lambda_with_the_reward_order_is_single_objective_online_dpo(tin
     scored = module.score_rollout(prompt_batch(tiny_llama_dir), one_hot)
     losses, preference, _ = module.pair_losses(scored, torch.arange(4))
     loss = module.aggregate(losses, preference)
-    ratio = response_logps(module, scored, scored.preference) - response_logps(
-        module, scored, None, reference=True
-    )
+    ratio = log_ratios(module, scored)
     terms = []
     for j in range(4):
         r = scored.rewards[2 * j : 2 * j + 2, 0]

@@ -1,6 +1,6 @@
 """Can the adapter represent the optimum at all? Fit π*_λ directly, then measure G.
 
-    python experiments/ceiling/distill.py --lam 1 0 --rank 0 --steps 100 200 400
+    python experiments/ceiling/distill.py --lam 1 0 --num-general 0 --steps 100 200 400
 
 π*_λ ∝ π_ref·exp(λ·r/β_eff) is known in closed form up to its normaliser, so on π_ref samples
 the forward KL(π* ‖ π_θ) is, up to a constant, −Σ_j w_j log π_θ(y_j | x) with self-normalised
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float, nargs=2, default=[1.0, 0.0])
-    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--num-general", type=int, default=0, help="k of the adapter")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--batch", type=int, default=64, help="responses per step")
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400])
@@ -55,19 +55,19 @@ def main() -> None:
         s = rewards[rows] / bench.beta_eff
         w = np.exp(s - s.max())
         weights[rows] = w / w.sum()
-    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=args.rank, num_preferences=2))
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=args.num_general, num_preferences=2))
     optimizer = torch.optim.AdamW(policy.adapter.parameters(), lr=args.lr, weight_decay=0.0)
     rng = np.random.default_rng(0)
     num_prompts = len(np.unique(prompt))
     start, todo = time.perf_counter(), set(args.steps)
     for step in range(1, max(args.steps) + 1):
-        # a batch from one prompt at a time keeps `_batch`'s shared prompt; weights × prompts
+        # a batch from one prompt at a time keeps `batch`'s shared prompt; weights × prompts
         # make the loss an unbiased estimate of the mean over prompts of −Σ_j w_j log π(y_j)
         p = rng.integers(num_prompts)
         rows = np.flatnonzero(prompt == p)
         pick = rng.choice(rows, size=args.batch, replace=True, p=weights[rows])
         policy.train()
-        batch = draw._batch(pool[pick])
+        batch = draw.batch(pool[pick])
         mask = batch.attention_mask
         with policy.preference(lam.expand(args.batch, 2)):
             logits = policy.model(
@@ -84,7 +84,7 @@ def main() -> None:
         if step in todo:
             with torch.no_grad(), policy.preference(lam):
                 est = draw.gain(draw.logps(policy.model), args.lam)
-            record = {"lam": args.lam, "rank": args.rank, "lr": args.lr, "step": step}
+            record = {"lam": args.lam, "num_general": args.num_general, "lr": args.lr, "step": step}
             record |= est | {"train_seconds": time.perf_counter() - start}
             with open(args.results, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -58,8 +58,6 @@ from panacea_pl.modules.on_policy import (
     check_settings,
     group_preference,
     log_rewards,
-    minibatches,
-    optimizer_step,
 )
 from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives.advantage import AdvantageAggregator, LinearAdvantage
@@ -124,9 +122,7 @@ class PanaceaGRPO(OnPolicyModule):
         check_no_dropout("policy", policy.adapter.config, "GRPO")
         check_number("kl_coef", kl_coef, at_least=0, owner=owner)
         check_integer("group_size", group_size, at_least=2, owner=owner)
-        counts = dict(epochs=epochs, max_new_tokens=max_new_tokens)
-        if minibatch_size is not None:
-            counts["minibatch_size"] = minibatch_size
+        counts = dict(epochs=epochs, minibatch_size=minibatch_size, max_new_tokens=max_new_tokens)
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
         if kl_in not in ("reward", "token", "loss"):
             raise ValueError(f"{owner}: kl_in must be 'reward', 'token' or 'loss', got {kl_in!r}")
@@ -215,26 +211,15 @@ class PanaceaGRPO(OnPolicyModule):
 
     def optimise(self, scored: ScoredRollout, advantages: Tensor) -> dict[str, Tensor]:
         """`epochs` shuffled passes of minibatch steps; the means of the losses' parts."""
+
+        def loss_of(index: Tensor):
+            out = self.grpo_loss(scored, advantages, index)
+            parts = {"clip_fraction": out.clip_fraction, "approx_kl": out.approx_kl}
+            return out.loss, parts | {"kl_loss": out.kl}
+
         n = len(scored)
         size = self.minibatch_size or n
-        totals: dict[str, Tensor] = {}
-        steps = 0
-        for index in minibatches(n, size, self.epochs, advantages.device):
-            out = self.grpo_loss(scored, advantages, index)
-            loss = out.loss
-            if self.orthogonality_weight:
-                loss = loss + self.orthogonality_weight * self.policy.adapter.orthogonality_loss()
-            parts = {
-                "loss": loss.detach(),
-                "clip_fraction": out.clip_fraction,
-                "approx_kl": out.approx_kl,
-                "kl_loss": out.kl,
-            }
-            optimizer_step(self, loss, self.max_grad_norm, parts)
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0) + value
-            steps += 1
-        return {key: value / steps for key, value in totals.items()}
+        return self.optimise_minibatches(n, size, self.epochs, loss_of, self.max_grad_norm)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         rows = batch["input_ids"].shape[0] * self.group_size

@@ -12,7 +12,7 @@ datamodule order the dimensions as the module does), and the helpers below.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -62,6 +62,30 @@ class OnPolicyModule(PanaceaModule):
         if self._tokenizer is None:
             self._tokenizer = self.policy.tokenizer()
         return self._tokenizer
+
+    def optimise_minibatches(
+        self,
+        rows: int,
+        size: int,
+        epochs: int,
+        loss_of: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]],
+        max_grad_norm: float | None,
+    ) -> dict[str, Tensor]:
+        """`epochs` shuffled passes over `rows` rows in minibatches of `size`, one optimiser
+        step each on `loss_of(index)` (plus the orthogonality term); returns the mean over the
+        steps of the loss and of the other parts `loss_of` reports."""
+        totals: dict[str, Tensor] = {}
+        steps = 0
+        for index in minibatches(rows, size, epochs, self.device):
+            loss, parts = loss_of(index)
+            if self.orthogonality_weight:
+                loss = loss + self.orthogonality_weight * self.policy.adapter.orthogonality_loss()
+            parts = {"loss": loss.detach()} | parts
+            optimizer_step(self, loss, max_grad_norm, parts)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0) + value
+            steps += 1
+        return {key: value / steps for key, value in totals.items()}
 
 
 def names_from_reward(reward, kwargs: dict) -> dict:
@@ -114,10 +138,13 @@ def log_rewards(
         )
 
 
-def check_settings(owner: str, counts: dict[str, int], positive: dict[str, float | None]) -> None:
-    """Counts must be integers ≥ 1; `positive` numbers > 0 where not None."""
+def check_settings(
+    owner: str, counts: dict[str, int | None], positive: dict[str, float | None]
+) -> None:
+    """Counts must be integers ≥ 1 and `positive` numbers > 0, where not None (None: unset)."""
     for name, value in counts.items():
-        check_integer(name, value, at_least=1, owner=owner)
+        if value is not None:
+            check_integer(name, value, at_least=1, owner=owner)
     for name, value in positive.items():
         if value is not None:
             check_number(name, value, above=0, owner=owner)

@@ -50,8 +50,6 @@ from panacea_pl.modules.on_policy import (
     check_settings,
     group_preference,
     log_rewards,
-    minibatches,
-    optimizer_step,
 )
 from panacea_pl.modules.ppo_rewards import RewardFunction
 from panacea_pl.objectives import MultiObjectiveDPOLoss, PairwiseLosses, PreferenceLoss
@@ -98,9 +96,7 @@ class PanaceaOnlineDPO(OnPolicyModule):
         )
         owner = type(self).__name__
         check_integer("responses_per_prompt", responses_per_prompt, at_least=2, owner=owner)
-        counts = dict(epochs=epochs, max_new_tokens=max_new_tokens)
-        if minibatch_size is not None:
-            counts["minibatch_size"] = minibatch_size
+        counts = dict(epochs=epochs, minibatch_size=minibatch_size, max_new_tokens=max_new_tokens)
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
         self.labeler = labeler if labeler is not None else BradleyTerryLabels()
         self.loss = loss if loss is not None else MultiObjectiveDPOLoss(beta=1.25)
@@ -162,27 +158,20 @@ class PanaceaOnlineDPO(OnPolicyModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         scored = self.score_rollout(batch)
+
+        def loss_of(prompts: Tensor):
+            losses, preference, labels = self.pair_losses(scored, prompts)
+            parts = {"accuracy": losses.accuracy(), "margin": losses.mean_margin()}
+            parts["dimension_loss"] = losses.dimension_means().detach()
+            parts["label"] = labels.abs().mean(0)
+            return self.aggregate(losses, preference), parts
+
         num_prompts = batch["input_ids"].shape[0]
         size = self.minibatch_size or num_prompts
-        totals: dict[str, Tensor] = {}
-        steps = 0
-        for prompts in minibatches(num_prompts, size, self.epochs, scored.rewards.device):
-            losses, preference, labels = self.pair_losses(scored, prompts)
-            loss = self.aggregate(losses, preference)
-            if self.orthogonality_weight:
-                loss = loss + self.orthogonality_weight * self.policy.adapter.orthogonality_loss()
-            parts = {
-                "loss": loss.detach(),
-                "accuracy": losses.accuracy(),
-                "margin": losses.mean_margin(),
-                "dimension_loss": losses.dimension_means().detach(),
-                "label": labels.abs().mean(0),
-            }
-            optimizer_step(self, loss, self.max_grad_norm, {"loss": parts["loss"]})
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0) + value
-            steps += 1
-        self._log_iteration(scored, {key: value / steps for key, value in totals.items()})
+        stats = self.optimise_minibatches(
+            num_prompts, size, self.epochs, loss_of, self.max_grad_norm
+        )
+        self._log_iteration(scored, stats)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         scored = self.score_rollout(batch, self.evaluation_preference())

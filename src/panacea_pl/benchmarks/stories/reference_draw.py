@@ -49,7 +49,9 @@ class ReferenceDraw:
         self.boot[0] = np.arange(n)  # row 0: the estimate itself
         self.base_logps = self.logps(bench.load_model())
 
-    def _batch(self, rows: np.ndarray) -> SimpleNamespace:
+    def batch(self, rows: np.ndarray) -> SimpleNamespace:
+        """Sample rows (indices into the benchmark's samples, all of one prompt) as a batch:
+        the prompt's ids, then each response, right-padded, with masks."""
         prompt = self.tokenizer(self.prompts[int(self.prompt_index[rows[0]])]).input_ids
         resp = torch.as_tensor(self.ids[rows], dtype=torch.long)  # [B, T], −1 after the end
         in_response = resp >= 0
@@ -71,7 +73,7 @@ class ReferenceDraw:
         for p, rows in enumerate(self.rows):
             for lo in range(0, len(rows), chunk):
                 out[p, lo : lo + chunk] = response_logprobs(
-                    model, self._batch(rows[lo : lo + chunk])
+                    model, self.batch(rows[lo : lo + chunk])
                 )
         model.train(was)
         return out
