@@ -3,7 +3,8 @@
 Rows are sharded by global row index and sampled on common random numbers keyed by it, so the
 gathered front does not depend on the number of processes. Tested twice: `evaluate_policy`
 called by every rank of a bare process group (timed: 2 processes against 1), and `ParetoSweep`
-with the `StoriesEvaluator` under Lightning's DDP strategy (the CSV rank zero writes).
+with the `StoriesEvaluator` under Lightning's DDP strategy and under FSDP2 (`FSDP2Strategy`: both
+ranks sample through the sharded policy) — the CSV rank zero writes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from panacea_pl.benchmarks.stories import (
 )
 from panacea_pl.callbacks import ParetoSweep
 from panacea_pl.layers import PanaceaConfig, inject_adapter
+from panacea_pl.models.sharding import is_fully_sharded
 from panacea_pl.modules import PanaceaDPO
+from panacea_pl.strategies import FSDP2Strategy
 
 # 8 prompts × 4 × 11 λ = 352 rows, + 32 base rows: 12 chunks of 32, 6 on each of 2 ranks
 SAMPLES_PER_PROMPT = 4
@@ -135,7 +138,7 @@ def test_a_rank_with_fewer_chunks_pads_and_the_front_is_the_same(forked_stories_
     assert sum(len(texts) for texts in one["texts"]) == 99
 
 
-def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) -> None:
+def _validate(rank: int, world: int, port: int, out: str, shard: bool = True, fsdp2=False) -> None:
     """`trainer.validate` with a final ParetoSweep; rank zero writes `out/{world}/final.csv`."""
     torch.set_num_threads(1)
     if world > 1:
@@ -156,6 +159,8 @@ def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) ->
     )
     sweep = ParetoSweep(evaluator, divisions=4, output_dir=str(Path(out) / str(world)))
     strategy = DDPStrategy(process_group_backend="gloo") if world > 1 else "auto"
+    if world > 1 and fsdp2:  # the policy sharded by the module's configure_model
+        strategy = FSDP2Strategy()
     trainer = tiny.quiet_trainer(
         devices=world,
         strategy=strategy,
@@ -164,6 +169,7 @@ def _validate(rank: int, world: int, port: int, out: str, shard: bool = True) ->
         callbacks=[sweep],
     )
     trainer.validate(module, datamodule=data)
+    assert is_fully_sharded(module.policy.model) == (fsdp2 and world > 1)
     # sharded: every rank sampled its share of the rows; else rank zero sampled them all
     assert (evaluator.last_evaluation is not None) == (shard or rank == 0)
     assert (sweep.last_result is not None) == (rank == 0)  # logged once, on rank zero
@@ -177,14 +183,26 @@ def _read(path: Path) -> tuple[list[str], np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("shard", [True, False])
-def test_pareto_sweep_under_ddp_logs_the_one_process_front(forked_stories_env, tmp_path, shard):
+@pytest.mark.parametrize(
+    ("shard", "fsdp2"),
+    [(True, False), (False, False), (True, True)],
+    ids=["ddp", "ddp-rank0", "fsdp2"],
+)
+def test_pareto_sweep_under_ddp_logs_the_one_process_front(
+    forked_stories_env, tmp_path, shard, fsdp2
+):
     _validate(0, 1, 0, str(tmp_path))
     mp.start_processes(
-        _validate, args=(2, tiny.free_port(), str(tmp_path), shard), nprocs=2, start_method="fork"
+        _validate,
+        args=(2, tiny.free_port(), str(tmp_path), shard, fsdp2),
+        nprocs=2,
+        start_method="fork",
     )
     header, one = _read(tmp_path / "1" / "final.csv")
     header_two, two = _read(tmp_path / "2" / "final.csv")
     assert header == header_two and {"gain", "gain_se", "regret"} <= set(header)
     assert one.shape == (5, len(header))
+    print(
+        f"\nfront, 1 process vs 2 ({'FSDP2' if fsdp2 else 'DDP'}): max |Δ| {np.nanmax(np.abs(one - two)):.1e}"
+    )
     np.testing.assert_allclose(one, two, rtol=0, atol=1e-6)

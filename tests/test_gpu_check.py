@@ -80,6 +80,8 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
         assert dpo[side]["tokens_per_s"] > 0 and dpo[side]["peak"] > 0
         assert dpo[side]["mfu"] is None  # no peak FLOP/s is assumed on CPU
     assert sections["fsdp"]["result"]["passed"] is True
+    fsdp2 = sections["fsdp2"]["result"]
+    assert fsdp2["passed"] is True and fsdp2["strategy"] == "FSDP2Strategy"  # runs on CPU too
     assert (tmp_path / "gpu_check.log").read_text().count("=== ") >= 12
 
 

@@ -49,12 +49,25 @@ def test_fsdp_fragment_over_the_paper_config(capsys):
     assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.FSDPStrategy"
     strategy = trainer["strategy"]["init_args"]
     assert strategy["auto_wrap_policy"] == [LLAMA_BLOCK]
-    assert strategy["activation_checkpointing_policy"] == [LLAMA_BLOCK]
+    # FSDP's own checkpointing would recompute blocks without λ: the policy's does it instead
+    assert strategy["activation_checkpointing_policy"] is None
     assert strategy["state_dict_type"] == "full"  # a single, adapter-only checkpoint file
     assert trainer["precision"] == "bf16-mixed" and trainer["devices"] == 8
-    # one dtype per flattened block; checkpointing by FSDP, not also by Hugging Face
-    assert policy["dtype"] == "float32" and policy["gradient_checkpointing"] is False
+    # one dtype per flattened block
+    assert policy["dtype"] == "float32" and policy["gradient_checkpointing"] is True
     assert trainer["plugins"] == [{"class_path": "panacea_pl.plugins.AtomicCheckpointIO"}]
+
+
+def test_fsdp2_fragment_over_the_paper_config(capsys):
+    cfg = print_config(capsys, PAPER_CONFIG, STRATEGIES / "fsdp2.yaml")
+    trainer, policy = cfg["trainer"], cfg["model"]["init_args"]["policy"]["init_args"]
+    assert trainer["strategy"]["class_path"] == "panacea_pl.strategies.FSDP2Strategy"
+    assert trainer["strategy"]["init_args"]["save_distributed_checkpoint"] is False
+    assert trainer["precision"] == "bf16-mixed" and trainer["devices"] == 8
+    assert policy["dtype"] == "float32" and policy["gradient_checkpointing"] is True
+    # the paper config's sweep stays: every rank samples its rows through the sharded policy
+    sweeps = [c for c in trainer["callbacks"] if c["class_path"].endswith("ParetoSweep")]
+    assert sweeps and sweeps[0]["init_args"]["evaluator"]["init_args"].get("shard", True)
 
 
 def test_deepspeed_fragment_over_the_paper_config(capsys):
@@ -81,8 +94,7 @@ def test_fsdp_fragment_builds_its_strategy():
     strategy = build_strategy(STRATEGIES / "fsdp.yaml")
     wrap = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(wrap, ModuleWrapPolicy) and wrap._module_classes == {LlamaDecoderLayer}
-    checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
-    assert checkpointing._module_classes == {LlamaDecoderLayer}
+    assert not strategy._activation_checkpointing_kwargs
     assert strategy.kwargs["use_orig_params"] is True  # frozen and trained weights in one block
 
 

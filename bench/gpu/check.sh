@@ -15,6 +15,7 @@
 #   adapter_overhead  bench/adapter_overhead.py on a 1.1B Llama (c/a, c/b)
 #   dpo_step          bench/dpo_step.py on the same model: ours vs TRL + PEFT
 #   fsdp              bench/gpu/fsdp_resume.py: FSDP steps, checkpoint, resume
+#   fsdp2             the same with experiments/strategies/fsdp2.yaml (FSDP2Strategy)
 # bench/gpu/README.md says what each number means and the targets.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -121,6 +122,8 @@ section dpo_step 180 "$PY" "$ROOT/bench/dpo_step.py" --device "$DEVICE" "${DPO[@
   --json "$SECTIONS/dpo_step.json"
 section fsdp 120 "$PY" "$ROOT/bench/gpu/fsdp_resume.py" --device "$DEVICE" \
   --root "$WORK/fsdp" --json "$SECTIONS/fsdp.json"
+section fsdp2 90 "$PY" "$ROOT/bench/gpu/fsdp_resume.py" --device "$DEVICE" --fragment fsdp2.yaml \
+  --root "$WORK/fsdp2" --json "$SECTIONS/fsdp2.json"
 
 if ! "$PY" "$ROOT/bench/gpu/collect.py" "$SECTIONS" "$OUT_DIR/gpu_check.json" \
   --device "$DEVICE" --tiny "$TINY" --budget "$BUDGET" --elapsed "$(( $(date +%s) - START ))" \

@@ -16,7 +16,16 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-SECTIONS = ["install", "env", "gpu_tests", "fused", "adapter_overhead", "dpo_step", "fsdp"]
+SECTIONS = [
+    "install",
+    "env",
+    "gpu_tests",
+    "fused",
+    "adapter_overhead",
+    "dpo_step",
+    "fsdp",
+    "fsdp2",
+]
 
 
 def junit(path: Path) -> dict:
@@ -84,7 +93,7 @@ def summary(sections: dict) -> list[str]:
             )
             if ours.get("mfu") is not None:
                 line += f"; MFU {100 * ours['mfu']:.1f} % vs {100 * trl['mfu']:.1f} %"
-        elif name == "fsdp" and "passed" in result:
+        elif name in ("fsdp", "fsdp2") and "passed" in result:
             line += f"  resumed to step {result['resumed']['global_step']}: {result['passed']}"
         lines.append(line)
     return lines

@@ -1,13 +1,16 @@
 """A few FSDP steps on one GPU through Lightning, an adapter-only checkpoint, and a resume.
 
     python bench/gpu/fsdp_resume.py --device cuda --json out.json
+    python bench/gpu/fsdp_resume.py --device cuda --fragment fsdp2.yaml --json out.json
 
 The run of `tests/test_strategies_gpu.py` (its `gpu_config`: the local PKU-SafeRLHF config
 with a `PanaceaPolicy` over the converted stories260K Llama) under
-`experiments/strategies/fsdp.yaml` (FULL_SHARD, bf16-mixed, activation checkpointing per
-decoder block, full state dict): 4 steps with a checkpoint every 2, then a resume from
-`last.ckpt` to step 6, with numbers. `--device cpu` runs the same with Lightning's default
-strategy in fp32 (Lightning refuses FSDP without a GPU): a smoke test of this script only.
+`experiments/strategies/fsdp.yaml` (FULL_SHARD, bf16-mixed, Hugging Face's activation
+checkpointing per decoder block, full state dict) or `--fragment fsdp2.yaml` (FSDP2 through
+`panacea_pl.strategies.FSDP2Strategy`): 4 steps with a checkpoint every 2, then a resume from
+`last.ckpt` to step 6, with numbers. `--device cpu` runs the same in fp32, FSDP2 on one CPU
+process, FSDP1 with Lightning's default strategy instead (Lightning refuses FSDP1 without a GPU):
+a smoke test of this script.
 Needs the shared data samples (`PANACEA_DATA_DIR`, default `../shared/data`).
 """
 
@@ -29,20 +32,18 @@ sys.path.insert(0, str(ROOT / "tests"))
 from panacea_pl.cli import run_lightning_cli  # noqa: E402
 from test_strategies_gpu import STRATEGIES, gpu_config  # noqa: E402
 
-CPU_OVERRIDES = [  # what --device cpu changes: no FSDP, fp32
-    "--trainer.accelerator=cpu",
-    "--trainer.strategy=auto",
-    "--trainer.precision=32-true",
-]
+CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]  # fp32 on CPU
 
 
-def fit(root: Path, max_steps: int, device: str, *extra: str) -> tuple[object, float]:
+def fit(
+    root: Path, max_steps: int, device: str, fragment: str, *extra: str
+) -> tuple[object, float]:
     """One `panacea-pl fit` with the FSDP fragment; (the CLI, seconds)."""
     args = ["fit", "--config", str(gpu_config(root, max_steps))]
-    args += ["--config", str(STRATEGIES / "fsdp.yaml")]
+    args += ["--config", str(STRATEGIES / fragment)]
     args += [f"--data.init_args.cache_dir={root / 'data_cache'}", *extra]
-    if device == "cpu":
-        args += CPU_OVERRIDES
+    if device == "cpu":  # FSDP2 runs on CPU processes; Lightning refuses FSDP1 there
+        args += CPU_OVERRIDES + ([] if fragment == "fsdp2.yaml" else ["--trainer.strategy=auto"])
     start = time.perf_counter()
     cli = run_lightning_cli(args)
     return cli, time.perf_counter() - start
@@ -55,18 +56,18 @@ def metrics(cli) -> dict[str, float]:
     }
 
 
-def run(device: str, root: Path) -> dict:
+def run(device: str, root: Path, fragment: str = "fsdp.yaml") -> dict:
     """Train 4 steps, checkpoint, resume to 6; what each stage gave."""
     import os
 
     os.chdir(root)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    first, t_first = fit(root, 4, device)
+    first, t_first = fit(root, 4, device, fragment)
     last = root / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=False, map_location="cpu")
     keys = sorted(checkpoint["state_dict"])
-    resumed, t_resumed = fit(root, 6, device, "--ckpt_path=last")
+    resumed, t_resumed = fit(root, 6, device, fragment, "--ckpt_path=last")
     after = torch.load(last, weights_only=False, map_location="cpu")
     same_keys = sorted(after["state_dict"]) == keys
     moved = max(
@@ -74,6 +75,7 @@ def run(device: str, root: Path) -> dict:
         for k in keys
     )
     result = {
+        "fragment": fragment,
         "strategy": type(first.trainer.strategy).__name__,
         "precision": str(first.trainer.precision),
         "first": {"global_step": first.trainer.global_step, "seconds": t_first, **metrics(first)},
@@ -117,11 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--root", type=Path, default=None, help="run folder (default: a temp)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--fragment", default="fsdp.yaml", help="the strategy fragment in experiments/strategies"
+    )
     args = parser.parse_args(argv)
     json_path = args.json.resolve() if args.json else None
     root = args.root or Path(tempfile.mkdtemp(prefix="fsdp_resume_"))
     root.mkdir(parents=True, exist_ok=True)
-    result = run(args.device, root.resolve())
+    result = run(args.device, root.resolve(), args.fragment)
     print(json.dumps(result, indent=2))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

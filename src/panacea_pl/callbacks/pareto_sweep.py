@@ -11,10 +11,12 @@ dashboards can group runs by aggregation scheme). Always: a CSV and a PNG per sw
 collection: `panacea_pl.baselines`) it sweeps once, tagged and logged like the end-of-fit sweep
 (`final.csv`, `pareto/{name}_final`).
 
-Under DDP (or a sharded strategy) an evaluator with `distributed = True` (the stories and
-reward-model evaluators) is called on every rank: each rank generates and scores its share of
-the grid's rows, every rank takes part in every forward, and rank zero writes and logs the
-gathered front. Other evaluators run on rank zero alone while the other ranks wait.
+Under DDP (or FSDP2: `panacea_pl.strategies.FSDP2Strategy`) an evaluator with
+`distributed = True` (the stories and reward-model evaluators) is called on every rank: each
+rank generates and scores its share of the grid's rows, every rank takes part in every forward,
+and rank zero writes and logs the gathered front. Other evaluators run on rank zero alone while
+the other ranks wait (under DDP; a sharded model refuses them at setup, as does Lightning's
+FSDP1 strategy, whose root unit the evaluators cannot enter).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
 from panacea_pl.evaluation.base import FrontEvaluator
@@ -69,6 +72,26 @@ class ParetoSweep(pl.Callback):
         return self._generate_state_key(
             evaluator=type(self.evaluator).__name__, divisions=self.divisions
         )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse, before anything runs, a sweep that a sharded model cannot take part in."""
+        strategy = trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
+            raise ValueError(
+                "ParetoSweep cannot sweep under FSDPStrategy (FSDP1): it wraps the whole "
+                "LightningModule in one root unit, and the evaluators call the policy's model, "
+                "outside that unit's forward. Train with panacea_pl.strategies.FSDP2Strategy "
+                "(experiments/strategies/fsdp2.yaml), which shards the policy itself, or remove "
+                "the callback"
+            )
+        sharded_model = isinstance(strategy, ModelParallelStrategy) and trainer.world_size > 1
+        if sharded_model and not getattr(self.evaluator, "distributed", False):
+            raise ValueError(
+                f"ParetoSweep's evaluator {type(self.evaluator).__name__} samples on rank zero "
+                f"only, which a model sharded by {type(strategy).__name__} cannot do (every "
+                "rank takes part in every forward): use an evaluator with `distributed = "
+                "True` (StoriesEvaluator, RewardModelEvaluator with shard: true)"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # stand-alone validation: the final front

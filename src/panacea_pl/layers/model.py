@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -206,6 +206,36 @@ class PanaceaAdapter:
             yield
         finally:
             self.state.preference, self.state.repeats = previous
+
+    def recompute_context(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """`context_fn` for `torch.utils.checkpoint` (non-reentrant): nothing around the forward,
+        and around the recomputation in backward this adapter's λ, repeats and on/off switch as
+        they were at the forward. Activation checkpointing recomputes a block during backward,
+        after the `preference(λ)` block that ran it has exited: without this the recomputation
+        would see no λ (an error) or another one (wrong gradients)."""
+        state = self.state
+        snapshot = (state.preference, state.repeats, state.enabled)
+        return nullcontext(), self._as_at(snapshot)
+
+    @contextmanager
+    def _as_at(self, snapshot: tuple) -> Iterator[None]:
+        state = self.state
+        saved = (state.preference, state.repeats, state.enabled)
+        state.preference, state.repeats, state.enabled = snapshot
+        try:
+            yield
+        finally:
+            state.preference, state.repeats, state.enabled = saved
+
+    def enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """Hugging Face's activation checkpointing on `model` (which holds this adapter), with
+        each block's recomputation under the λ of its forward (`recompute_context`)."""
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={
+                "use_reentrant": False,
+                "context_fn": self.recompute_context,
+            }
+        )
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

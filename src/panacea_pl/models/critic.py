@@ -67,9 +67,7 @@ class PanaceaCritic(nn.Module):
             for param in self.backbone.parameters():
                 param.requires_grad_(True)
         if gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            self.adapter.enable_gradient_checkpointing(self.backbone)
         hidden = self.backbone.config.hidden_size
         self.value_head = nn.Linear(hidden, self.adapter.num_preferences)
         nn.init.zeros_(self.value_head.weight)

@@ -112,9 +112,7 @@ class PanaceaPolicy(nn.Module):
         else:
             self.adapter = inject_adapter(self.model, adapter or PanaceaConfig())
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            self.adapter.enable_gradient_checkpointing(self.model)
 
     accepts_row_preferences = True
 

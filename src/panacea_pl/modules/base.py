@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from panacea_pl.checks import check_integer, check_number
 from panacea_pl.layers.config import upgrade_fields
 from panacea_pl.models import PanaceaPolicy
+from panacea_pl.models.sharding import fully_shard_model
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import Aggregator, DimensionLosses, LinearScalarization
 from panacea_pl.plugins.checkpoint_io import CheckpointError
@@ -251,6 +252,31 @@ class PanaceaModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    # ---- sharding: FSDP2 under panacea_pl.strategies.FSDP2Strategy ------------------------------
+
+    def sharded_models(self) -> list[torch.nn.Module]:
+        """The Hugging Face models FSDP2 shards: the policy's (PPO adds its critic's)."""
+        return [self.policy.model]
+
+    def configure_model(self) -> None:
+        """Under a model-parallel strategy (`FSDP2Strategy`), shard each of `sharded_models()`
+        with FSDP2 over the data-parallel ranks, one unit per decoder block, in bf16 when the
+        trainer's precision is; under every other strategy, nothing."""
+        mesh = self._device_mesh
+        if mesh is None:
+            return
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "Panacea's modules shard data-parallel only, but the strategy's mesh has "
+                f"tensor_parallel_size={mesh['tensor_parallel'].size()}: use "
+                "panacea_pl.strategies.FSDP2Strategy, or ModelParallelStrategy with "
+                "tensor_parallel_size=1"
+            )
+        data_parallel = mesh["data_parallel"] if mesh.ndim > 1 else mesh
+        bf16 = str(self.trainer.precision).startswith("bf16")
+        for model in self.sharded_models():
+            fully_shard_model(model, data_parallel, torch.bfloat16 if bf16 else None)
 
     # ---- checkpoints: the adapter, optimiser and λ-sampler state, not the frozen base -----------
 

@@ -176,6 +176,10 @@ class PanaceaPPO(OnPolicyModule):
             critic_group["lr"] = self.critic_lr
         return [{"params": self.policy.adapter.parameters()}, critic_group]
 
+    def sharded_models(self) -> list[torch.nn.Module]:
+        """The policy's model and the critic (backbone and value head, one FSDP2 root)."""
+        return [*super().sharded_models(), self.critic]
+
     def _values(self, sequences: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
         """[N, T, m] V(s_t) of the state each token action was taken in."""
         return self.critic(sequences, attention_mask, positions)[:, :-1]

@@ -68,7 +68,7 @@ def stop_token_ids(model: PreTrainedModel) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 reuses the all-gathered buffers in training
 def sample_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -138,7 +138,7 @@ def response_texts(
     return [full[len(head) :] for head, full in zip(heads, fulls, strict=True)]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 reuses the all-gathered buffers in training
 def response_logprobs(model: PreTrainedModel, batch: SampledBatch) -> torch.Tensor:
     """Σ_t log p(y_t | prompt, y_<t) over each row's response tokens, [B] float32 on CPU.
 
