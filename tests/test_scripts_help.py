@@ -1,0 +1,69 @@
+"""Every experiment and benchmark script starts: `<script> --help` exits 0 with its usage.
+
+The scripts run for minutes to hours, so the suite cannot run their READMEs' commands; this
+catches what a refactor breaks first (an import, a moved helper, an argument parser). One
+subprocess from the repository root runs each script as `python <script> --help` would
+(`runpy` as `__main__`, its folder first on `sys.path`), so the heavy imports load once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(
+    p.relative_to(ROOT).as_posix()
+    for folder in ("experiments", "bench")
+    for p in (ROOT / folder).rglob("*.py")
+    if 'if __name__ == "__main__":' in p.read_text()
+)
+
+RUNNER = """
+import contextlib, io, json, runpy, sys, traceback
+results = {}
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    sys.path.insert(0, script.rsplit("/", 1)[0])
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+        code = "returned without printing its usage"
+    except SystemExit as stop:
+        code = stop.code or 0
+    except BaseException:
+        code = traceback.format_exc()[-1500:]
+    finally:
+        sys.path.pop(0)
+    results[script] = [code, "usage:" in out.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_the_scripts_are_found():
+    assert {"experiments/optimum/optimum.py", "experiments/ceiling/ceiling.py"} <= set(SCRIPTS)
+    assert "experiments/compare_aggregations/compare.py" in SCRIPTS and len(SCRIPTS) >= 12
+
+
+@pytest.mark.slow
+def test_every_script_prints_its_usage():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, *SCRIPTS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = {s: r for s, r in results.items() if r != [0, True]}
+    assert not failed, "\n\n".join(f"{s}: {code}" for s, (code, _) in failed.items())
