@@ -18,9 +18,11 @@ checkpointing, no dropout, ancestral sampling at temperature 1, at most `--new-t
         `advantages` → `grpo_loss` → backward → AdamW (what `training_step` runs, minus
         Lightning's logging and `manual_backward`); one on-policy step with the KL in the loss
         needs no separate log π_old pass (`needs_old_logps`), as TRL with `num_iterations=1`.
-  TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`; the
-        iteration is `trainer.training_step(model, inputs)` (its generation, scoring,
-        reference pass, loss and backward) + `trainer.optimizer.step()`.
+  TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`,
+        `bf16=False` (`GRPOConfig` defaults to bf16 autocast, which would run TRL's log-prob
+        passes and backward in bf16 against our fp32); the iteration is
+        `trainer.training_step(model, inputs)` (its generation, scoring, reference pass, loss
+        and backward) + `trainer.optimizer.step()`.
 
 Time: interleaved rounds in this process (ours, TRL, ours, …), medians. Memory: each side in a
 fresh 'spawn' process, the peak resident set of one iteration minus the resident set before it
@@ -42,7 +44,8 @@ from pathlib import Path
 import dpo_step  # noqa: F401  (sets the offline environment first; bench/ is the script dir)
 import torch
 from adapter_overhead import TARGETS
-from dpo_step import _reset_peak_rss, _rss_kib, _single_token_words, build_model_dir
+from dpo_contenders import _single_token_words, build_model_dir
+from dpo_memory import _reset_peak_rss, _rss_kib
 
 M = 2
 
@@ -83,6 +86,7 @@ def make_trl(model_dir: Path, prompts: list[str], args, workdir: Path):
         top_p=1.0,
         beta=args.beta,
         num_iterations=1,
+        bf16=False,  # TRL's default is bf16 autocast; both sides run fp32 here
         reward_weights=[0.5, 0.5],
         learning_rate=args.lr,
         weight_decay=0.0,
