@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 import tiny
 from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
-from panacea_pl.models import PanaceaPolicy, ScoredRollout
+from panacea_pl.models import PanaceaPolicy, ScoredRollout, token_logprobs
+from panacea_pl.models.experience import policy_token_logps
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
 from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
@@ -72,6 +73,36 @@ def test_one_hot_lambda_is_single_objective_grpo(tiny_llama_dir):
     lengths = scored.mask.sum(-1).float()
     torch.testing.assert_close(out.loss, -(advantages * lengths).sum() / lengths.sum())
     assert out.clip_fraction == 0 and out.approx_kl < 1e-10
+
+
+def test_log_probs_from_the_first_action_on_match_the_full_pass(tiny_model_dir):
+    """The LM head on the response positions only (`first_action`, `logits_to_keep`): the
+    response actions' log-probs are those of the full pass, the prompt's are 0, and gradients
+    through them match too (Llama and GPT-2)."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    rollout, mask = scored.rollout, scored.mask
+    first = rollout.first_action
+    assert first == rollout.prompt_length - 1 and not mask[:, :first].any() and mask[:, first].any()
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+    policy = module.policy
+    with policy.preference(scored.preference):
+        full = policy_token_logps(policy, *args)
+        (full * mask).sum().backward()
+        grads = {k: p.grad.clone() for k, p in policy.adapter.named_parameters()}
+        module.zero_grad(set_to_none=True)
+        kept = policy_token_logps(policy, *args, first)
+        (kept * mask).sum().backward()
+    assert kept.shape == full.shape and (kept[:, :first] == 0).all()
+    torch.testing.assert_close(kept[:, first:], full[:, first:])
+    for key, p in policy.adapter.named_parameters():
+        torch.testing.assert_close(p.grad, grads[key], msg=key)
+    with torch.no_grad(), policy.preference(scored.preference):  # what the rollout stored
+        expected = token_logprobs(
+            policy.model(input_ids=args[0], attention_mask=args[1], position_ids=args[2]).logits,
+            args[0],
+        )
+    torch.testing.assert_close(scored.logps[mask], expected[mask])
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

@@ -17,11 +17,13 @@ log-prob passes run in eval mode (no dropout, no gradient checkpointing), then r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panacea_pl.models.generation import stop_ids
@@ -78,16 +80,41 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 def policy_token_logps(
-    policy: PanaceaPolicy, sequences: Tensor, attention_mask: Tensor, position_ids: Tensor
+    policy: PanaceaPolicy,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    first_action: int = 0,
 ) -> Tensor:
-    """[N, L − 1] log-probs of each next token under whatever λ is set on the adapter."""
+    """[N, L − 1] log-probs of each next token under whatever λ is set on the adapter.
+
+    With `first_action` (a rollout's `prompt_length − 1`: no response token is predicted
+    earlier), the LM head and the log-softmax run only on the positions from there on
+    (`logits_to_keep`, where the model takes it) and the earlier actions' log-probs are 0:
+    every consumer masks them with the action mask. The prompt's tokens still go through the
+    body of the model, which the response attends to.
+    """
+    keep = sequences.shape[1] - first_action
+    extra = {"logits_to_keep": keep} if first_action and _takes_logits_to_keep(policy.model) else {}
     logits = policy.model(
         input_ids=sequences,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=False,
+        **extra,
     ).logits
-    return token_logprobs(logits, sequences)
+    if not first_action:
+        return token_logprobs(logits, sequences)
+    logps = token_logprobs(logits[:, -keep:], sequences[:, -keep:])
+    return F.pad(logps, (first_action, 0))
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model's forward names a `logits_to_keep` argument (most transformers LMs)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @torch.no_grad()
@@ -135,9 +162,10 @@ def sample_and_score(
             **(generation_kwargs or {}),
         )
         args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
-        logps = policy_token_logps(policy, *args) if policy_logps else None
+        first = rollout.first_action
+        logps = policy_token_logps(policy, *args, first) if policy_logps else None
         with policy.reference():
-            ref_logps = policy_token_logps(policy, *args)
+            ref_logps = policy_token_logps(policy, *args, first)
     rewards = torch.as_tensor(reward(rollout)).to(input_ids.device, torch.float32)
     if rewards.shape != (n, m):
         raise ValueError(f"the reward function returned {list(rewards.shape)}, not [{n}, {m}]")

@@ -200,7 +200,7 @@ class PanaceaGRPO(OnPolicyModule):
         args = (rollout.sequences[index], rollout.attention_mask[index])
         positions = rollout.position_ids[index]
         with self.policy.preference(scored.preference[index]):
-            logps = policy_token_logps(self.policy, *args, positions)
+            logps = policy_token_logps(self.policy, *args, positions, rollout.first_action)
         ref = scored.ref_logps[index] if self.kl_in == "loss" else None
         if scored.logps is None:  # one on-policy step over every row: π_old = π
             if index.numel() != len(scored):
