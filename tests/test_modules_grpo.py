@@ -20,7 +20,7 @@ import tiny
 from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy, ScoredRollout, token_logprobs
-from panacea_pl.models.experience import policy_token_logps
+from panacea_pl.models.experience import policy_token_logps, shared_prompt_token_logps
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
 from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
@@ -103,6 +103,42 @@ def test_log_probs_from_the_first_action_on_match_the_full_pass(tiny_model_dir):
             args[0],
         )
     torch.testing.assert_close(scored.logps[mask], expected[mask])
+
+
+def test_each_prompt_run_once_per_group_gives_the_full_pass_log_probs(tiny_model_dir):
+    """`shared_prompt_token_logps`: the prompt block once per group through a KV cache, under
+    the reference (what `sample_and_score` uses it for) and under one λ per group; one
+    response per prompt falls back to the full pass."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    rollout, mask, policy = scored.rollout, scored.mask, module.policy
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+    first = rollout.first_action
+    with torch.no_grad():
+        rows = []
+        hook = policy.model.register_forward_pre_hook(
+            lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True
+        )
+        with policy.reference():
+            full = policy_token_logps(policy, *args, first)
+            rows.clear()
+            shared = shared_prompt_token_logps(policy, rollout, 3)
+            hook.remove()
+            prompt, length = rollout.prompt_length, rollout.sequences.shape[1]
+            assert rows == [(4, prompt), (12, length - prompt)]  # each prompt once, then responses
+            single = shared_prompt_token_logps(policy, rollout, 1)
+        assert (shared[:, :first] == 0).all() and torch.equal(single, full)
+        torch.testing.assert_close(shared[mask], full[mask])
+        torch.testing.assert_close(scored.ref_logps[mask], full[mask])
+        with policy.preference(scored.preference):
+            full = policy_token_logps(policy, *args, first)
+        shared = shared_prompt_token_logps(policy, rollout, 3, scored.preference)
+        torch.testing.assert_close(shared[mask], full[mask])
+        mixed = torch.rand(scored.preference.shape, generator=torch.Generator().manual_seed(1))
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        with policy.preference(mixed):  # λ differs within the groups: the full pass
+            full = policy_token_logps(policy, *args, first)
+        assert torch.equal(shared_prompt_token_logps(policy, rollout, 3, mixed), full)
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -111,10 +111,75 @@ def policy_token_logps(
 
 def _takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model's forward names a `logits_to_keep` argument (most transformers LMs)."""
+    return {"logits_to_keep"} <= _forward_arguments(model)
+
+
+def _forward_arguments(model: nn.Module) -> set[str]:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def shared_prompt_token_logps(
+    policy: PanaceaPolicy, rollout: Rollout, group: int, preference: Tensor | None = None
+) -> Tensor:
+    """`policy_token_logps(policy, …, rollout.first_action)` for rows in groups of `group`
+    consecutive responses to one prompt, with each prompt run once: the prompt block of every
+    group's first row fills a KV cache (and gives the logits at the last prompt position), the
+    cache is repeated over the group, and every row's response block runs on it. The same
+    log-probs up to rounding, with the prompt's share of the pass cut by 1 − 1/group.
+
+    `preference`: None runs under the adapter's current state, which must not differ between
+    rows (the reference, or one λ); [N, m] sets one λ per row, equal within each group. Falls
+    back to the full pass for one response per prompt, λ that differs within a group, an empty
+    response block, or a model whose forward takes no KV cache or `logits_to_keep`.
+    """
+    sequences, attention_mask = rollout.sequences, rollout.attention_mask
+    position_ids = rollout.position_ids
+    n, length = sequences.shape
+    prompt = rollout.prompt_length
+    names = _forward_arguments(policy.model)
+    cache_arg = next((a for a in ("cache", "past_key_values") if a in names), None)
+    heads = slice(None, None, group)
+    shareable = (
+        group > 1
+        and n % group == 0
+        and 0 < prompt < length
+        and cache_arg is not None
+        and "logits_to_keep" in names
+        and (preference is None or _equal_within_groups(preference, group))
+    )
+    if not shareable:
+        with nullcontext() if preference is None else policy.preference(preference):
+            args = (sequences, attention_mask, position_ids, rollout.first_action)
+            return policy_token_logps(policy, *args)
+    with nullcontext() if preference is None else policy.preference(preference[heads]):
+        cached = policy.model(
+            input_ids=sequences[heads, :prompt],
+            attention_mask=attention_mask[heads, :prompt],
+            position_ids=position_ids[heads, :prompt],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache = getattr(cached, cache_arg)
+    cache.batch_repeat_interleave(group)
+    with nullcontext() if preference is None else policy.preference(preference):
+        rest = policy.model(
+            input_ids=sequences[:, prompt:],
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, prompt:],
+            use_cache=True,
+            **{cache_arg: cache},
+        ).logits
+    logits = torch.cat([cached.logits[:, -1:].repeat_interleave(group, 0), rest], 1)
+    logps = token_logprobs(logits, sequences[:, prompt - 1 :])
+    return F.pad(logps, (prompt - 1, 0))
+
+
+def _equal_within_groups(preference: Tensor, group: int) -> bool:
+    rows = preference.view(-1, group, preference.shape[-1])
+    return bool((rows == rows[:, :1]).all())
 
 
 @torch.no_grad()
@@ -164,8 +229,8 @@ def sample_and_score(
         args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
         first = rollout.first_action
         logps = policy_token_logps(policy, *args, first) if policy_logps else None
-        with policy.reference():
-            ref_logps = policy_token_logps(policy, *args, first)
+        with policy.reference():  # λ-free: each group's prompt runs once
+            ref_logps = shared_prompt_token_logps(policy, rollout, samples_per_prompt)
     rewards = torch.as_tensor(reward(rollout)).to(input_ids.device, torch.float32)
     if rewards.shape != (n, m):
         raise ValueError(f"the reward function returned {list(rewards.shape)}, not [{n}, {m}]")
