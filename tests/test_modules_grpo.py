@@ -20,9 +20,15 @@ import tiny
 from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy, ScoredRollout, token_logprobs
-from panacea_pl.models.experience import policy_token_logps, shared_prompt_token_logps
+from panacea_pl.models.experience import (
+    policy_token_logps,
+    prompt_cache,
+    sample_and_score,
+    shared_prompt_token_logps,
+)
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
+from panacea_pl.rows import repeat_rows
 from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +145,37 @@ def test_each_prompt_run_once_per_group_gives_the_full_pass_log_probs(tiny_model
         with policy.preference(mixed):  # λ differs within the groups: the full pass
             full = policy_token_logps(policy, *args, first)
         assert torch.equal(shared_prompt_token_logps(policy, rollout, 3, mixed), full)
+
+
+def test_each_prompt_prefilled_once_per_group_samples_the_same_rollout(tiny_model_dir):
+    """`sample_and_score` with `share_prompts` (the default; `prompt_cache` for the prefill):
+    at one seed, the same responses and log-probs as with every row running its own prompt;
+    GRPO's per-group λ and PPO's per-row λ (nothing to share)."""
+    module = build(tiny_model_dir).train()
+    batch = prompt_batch(tiny_model_dir)
+    per_group = module.group_preference(batch["input_ids"].shape[0])
+    per_row = torch.distributions.Dirichlet(torch.ones(2)).sample((len(per_group),))
+    rows = [repeat_rows(batch[key], 3) for key in ("input_ids", "attention_mask")]
+    with torch.no_grad(), module.policy.preference(per_group):
+        assert len(prompt_cache(module.policy, *rows, per_group, 3)) == 1
+        assert prompt_cache(module.policy, *rows, per_row, 3) == {}
+        assert prompt_cache(module.policy, *rows, per_group, 3, {"num_beams": 2}) == {}
+    for lam in (per_group, per_row):
+        runs = []
+        for share in (True, False):
+            torch.manual_seed(3)
+            runs.append(
+                sample_and_score(
+                    module.policy, module.reward, batch, lam, 3, 5, module.tokenizer,
+                    share_prompts=share,
+                )
+            )  # fmt: skip
+        shared, alone = runs
+        assert torch.equal(shared.rollout.sequences, alone.rollout.sequences)
+        mask = shared.mask
+        torch.testing.assert_close(shared.logps[mask], alone.logps[mask])
+        torch.testing.assert_close(shared.ref_logps[mask], alone.ref_logps[mask])
+        torch.testing.assert_close(shared.rewards, alone.rewards)
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

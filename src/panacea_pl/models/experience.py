@@ -177,8 +177,67 @@ def shared_prompt_token_logps(
     return F.pad(logps, (prompt - 1, 0))
 
 
+# generate settings that keep a prompt cache valid (beams, assisted decoding or a caller's own
+# cache would not)
+_SAMPLING_SETTINGS = {
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "min_new_tokens",
+}
+
+
+def prompt_cache(
+    policy: PanaceaPolicy,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    preference: Tensor,
+    group: int,
+    generation_kwargs: dict | None = None,
+) -> dict:
+    """`generate` arguments that start `group` consecutive rows of one prompt from one KV
+    cache: all but the last prompt token of each group's first row run once under the group's
+    λ, the cache is repeated over the group, and `generate` runs the rest (it skips the cached
+    positions). {} where that does not apply (one row per prompt, λ that differs within a
+    group, a one-token prompt, settings other than sampling ones, a model whose forward takes
+    no KV cache or `logits_to_keep`)."""
+    names = _forward_arguments(policy.model)
+    cache_arg = next((a for a in ("cache", "past_key_values") if a in names), None)
+    n, prompt = input_ids.shape
+    if not (
+        group > 1
+        and n % group == 0
+        and prompt > 1
+        and cache_arg is not None
+        and "logits_to_keep" in names
+        and set(generation_kwargs or {}) <= _SAMPLING_SETTINGS
+        and _equal_within_groups(preference, group)
+    ):
+        return {}
+    heads = slice(None, None, group)
+    mask = attention_mask[heads, :-1]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as `generate` counts them
+    with policy.preference(preference[heads]):
+        cache = getattr(
+            policy.model(
+                input_ids=input_ids[heads, :-1],
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            ),
+            cache_arg,
+        )
+    cache.batch_repeat_interleave(group)
+    return {cache_arg: cache}
+
+
 def _equal_within_groups(preference: Tensor, group: int) -> bool:
-    rows = preference.view(-1, group, preference.shape[-1])
+    rows = preference.reshape(-1, group, preference.shape[-1])
     return bool((rows == rows[:, :1]).all())
 
 
@@ -193,6 +252,7 @@ def sample_and_score(
     tokenizer=None,
     generation_kwargs: dict | None = None,
     policy_logps: bool = True,
+    share_prompts: bool = True,
 ) -> ScoredRollout:
     """Sample `samples_per_prompt` responses per prompt under per-row λ and score them.
 
@@ -207,6 +267,10 @@ def sample_and_score(
         generation_kwargs: overrides of the ancestral sampling (makes training off-policy).
         policy_logps: take log π under λ (False saves a forward pass when the trainer's only
             update is on-policy and its KL is not in the reward: GRPO with one step).
+        share_prompts: run each prompt once for its `samples_per_prompt` rows where they share
+            λ (`prompt_cache` for the generation's prefill, `shared_prompt_token_logps` for
+            the log-prob passes; the reference pass always): the same rollout and log-probs up
+            to rounding. False: every row runs its own prompt.
     """
     tokenizer = policy.tokenizer() if tokenizer is None else tokenizer
     input_ids = repeat_rows(batch["input_ids"], samples_per_prompt)
@@ -216,7 +280,12 @@ def sample_and_score(
     lam = lam.expand(n, m) if lam.dim() == 1 else lam
     if lam.shape != (n, m):
         raise ValueError(f"preference must be [{m}] or [{n}, {m}], got {list(lam.shape)}")
+    generation_kwargs = dict(generation_kwargs or {})
     with eval_mode(policy), policy.preference(lam):
+        if share_prompts:
+            generation_kwargs |= prompt_cache(
+                policy, input_ids, attention_mask, lam, samples_per_prompt, generation_kwargs
+            )
         rollout = sample_rollout(
             policy.model,
             input_ids,
@@ -224,13 +293,12 @@ def sample_and_score(
             max_new_tokens,
             stop_ids(policy, tokenizer),
             tokenizer.pad_token_id,
-            **(generation_kwargs or {}),
+            **generation_kwargs,
         )
-        args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
-        first = rollout.first_action
-        logps = policy_token_logps(policy, *args, first) if policy_logps else None
-        with policy.reference():  # λ-free: each group's prompt runs once
-            ref_logps = shared_prompt_token_logps(policy, rollout, samples_per_prompt)
+        group = samples_per_prompt if share_prompts else 1
+        logps = shared_prompt_token_logps(policy, rollout, group, lam) if policy_logps else None
+        with policy.reference():
+            ref_logps = shared_prompt_token_logps(policy, rollout, group)
     rewards = torch.as_tensor(reward(rollout)).to(input_ids.device, torch.float32)
     if rewards.shape != (n, m):
         raise ValueError(f"the reward function returned {list(rewards.shape)}, not [{n}, {m}]")
