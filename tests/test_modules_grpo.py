@@ -21,6 +21,7 @@ from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy, ScoredRollout, token_logprobs
 from panacea_pl.models.experience import (
+    group_order,
     policy_token_logps,
     prompt_cache,
     sample_and_score,
@@ -176,6 +177,43 @@ def test_each_prompt_prefilled_once_per_group_samples_the_same_rollout(tiny_mode
         torch.testing.assert_close(shared.logps[mask], alone.logps[mask])
         torch.testing.assert_close(shared.ref_logps[mask], alone.ref_logps[mask])
         torch.testing.assert_close(shared.rewards, alone.rewards)
+
+
+def test_the_loss_pass_runs_each_prompt_once_for_whole_groups(tiny_model_dir):
+    """`PanaceaGRPO.token_logps`: rows that make whole groups (in any order) share each prompt's
+    pass, with the log-probs and adapter gradients of every row running its own prompt."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    policy, mask = module.policy, scored.mask
+    index = torch.tensor([4, 3, 5, 11, 10, 9])  # groups 1 and 3, shuffled
+    ordered, back = group_order(index, 3)
+    assert torch.equal(ordered[back], index)
+    assert group_order(torch.tensor([0, 1, 3]), 3) is None
+    assert group_order(torch.tensor([1, 2, 3]), 3) is None
+    rollout = scored.rollout.rows(index)
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids, rollout.first_action)
+    results = []
+    for shared in (True, False):
+        module.zero_grad(set_to_none=True)
+        if shared:
+            shapes = []
+            hook = policy.model.register_forward_pre_hook(
+                lambda _, a, kw, shapes=shapes: shapes.append(kw["input_ids"].shape[0]),
+                with_kwargs=True,
+            )
+            logps = module.token_logps(scored, index)
+            hook.remove()
+            assert shapes == [2, 6]  # the two prompts, then the six rows' responses
+        else:
+            with policy.preference(scored.preference[index]):
+                logps = policy_token_logps(policy, *args)
+        (logps * mask[index]).sum().backward()
+        grads = {k: p.grad.clone() for k, p in policy.adapter.named_parameters()}
+        results.append((logps.detach(), grads))
+    (shared, shared_grads), (alone, alone_grads) = results
+    torch.testing.assert_close(shared[mask[index]], alone[mask[index]])
+    for key, grad in alone_grads.items():
+        torch.testing.assert_close(shared_grads[key], grad, msg=key)
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

@@ -149,6 +149,7 @@ def shared_prompt_token_logps(
         and cache_arg is not None
         and "logits_to_keep" in names
         and (preference is None or _equal_within_groups(preference, group))
+        and not _checkpointing(policy.model)
     )
     if not shareable:
         with nullcontext() if preference is None else policy.preference(preference):
@@ -234,6 +235,29 @@ def prompt_cache(
         )
     cache.batch_repeat_interleave(group)
     return {cache_arg: cache}
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Gradient checkpointing in a pass with gradients: transformers then turns the cache off."""
+    if not (torch.is_grad_enabled() and model.training):
+        return False
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # new name first
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def group_order(index: Tensor, group: int) -> tuple[Tensor, Tensor] | None:
+    """(sorted `index`, the permutation back to `index`'s order) where `index` holds whole
+    groups of `group` consecutive rows (rows g·j … g·j + group − 1); None otherwise."""
+    ordered, perm = index.sort()
+    if group < 2 or len(index) % group:
+        return None
+    rows = ordered.view(-1, group)
+    steps = torch.arange(group, device=index.device)
+    if not bool(((rows == rows[:, :1] + steps) & (rows[:, :1] % group == 0)).all()):
+        return None
+    return ordered, perm.argsort()
 
 
 def _equal_within_groups(preference: Tensor, group: int) -> bool:

@@ -64,6 +64,16 @@ class Rollout:
         """[N] response tokens per row (the stop token included)."""
         return self.response_mask.sum(-1)
 
+    def rows(self, index: Tensor) -> Rollout:
+        """The rollout of the rows `index`."""
+        return Rollout(
+            self.sequences[index],
+            self.attention_mask[index],
+            self.response_mask[index],
+            self.prompt_length,
+            self.stop_ids,
+        )
+
     def prompt_ids(self) -> list[list[int]]:
         """Each row's prompt ids without padding."""
         prompts = self.sequences[:, : self.prompt_length].cpu()
