@@ -20,7 +20,8 @@ checkpointing, no dropout, ancestral sampling at temperature 1, at most `--new-t
         needs no separate log π_old pass (`needs_old_logps`), as TRL with `num_iterations=1`.
         Each prompt runs once per group where its G rows share it (`sample_and_score`'s
         `share_prompts`: the generation's prefill and the reference pass start from one KV
-        cache of the prompt), and the LM head runs on the response positions only.
+        cache of the prompt; `PanaceaGRPO.token_logps`: so does the loss's forward and
+        backward), and the LM head runs on the response positions only.
   TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`,
         `bf16=False` (`GRPOConfig` defaults to bf16 autocast, which would run TRL's log-prob
         passes and backward in bf16 against our fp32; `--trl-bf16` keeps that default, for
