@@ -13,6 +13,11 @@ Rows are prompt-major: row j·k + g is the g-th response to prompt j (`repeat_in
 group of k responses to one prompt is k consecutive rows. The trainer decides how λ is drawn
 (PPO: one per row; GRPO: one per group, repeated k times) and passes it in. Generation and the
 log-prob passes run in eval mode (no dropout, no gradient checkpointing), then restore.
+
+A prompt runs once for its k rows (`share_prompts`): the generation's prefill starts from one
+KV cache of it where the rows share λ (`prompt_cache`), and so do the log-prob passes
+(`shared_prompt_token_logps`; the reference pass always, λ being off). The LM head runs only
+on the positions that predict response tokens; the prompt actions' log-probs are 0 (masked).
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ class ScoredRollout:
         rollout: the sampled sequences.
         preference: [N, m] λ of each row.
         logps: [N, T] log π_old of each token under its row's λ (None when the trainer asked
-            for no policy pass: it fills them from its own on-policy forward).
-        ref_logps: [N, T] log π_ref (adapter off).
+            for no policy pass: it fills them from its own on-policy forward); 0 on the actions
+            before `rollout.first_action`, which predict prompt tokens.
+        ref_logps: [N, T] log π_ref (adapter off), likewise.
         rewards: [N, m] the reward function's scores.
     """
 

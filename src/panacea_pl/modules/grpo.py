@@ -28,7 +28,8 @@ One training step is one iteration on one batch of prompts:
    (`LinearAdvantage`, `TchebycheffAdvantage`), optionally divided by the group's std.
 4. **Updates.** `epochs` shuffled passes over the rollout in minibatches of `minibatch_size`
    rows, GRPO's clipped surrogate (`GroupPolicyLoss`), one optimiser step each (manual
-   optimisation). `trainer.global_step` counts optimiser steps.
+   optimisation). `trainer.global_step` counts optimiser steps. A minibatch of whole groups
+   (the whole rollout, by default) runs each prompt once (`token_logps`).
 
 **Logged** (`train/…`): per dimension `reward`, `objective` (r_i − β·KL̂), `advantage_std`
 (A_i's spread before aggregation), `weight`, `lambda/{dimension}`; `kl`, `objective`
