@@ -18,9 +18,17 @@ checkpointing, no dropout, ancestral sampling at temperature 1, at most `--new-t
         `advantages` → `grpo_loss` → backward → AdamW (what `training_step` runs, minus
         Lightning's logging and `manual_backward`); one on-policy step with the KL in the loss
         needs no separate log π_old pass (`needs_old_logps`), as TRL with `num_iterations=1`.
-  TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`; the
-        iteration is `trainer.training_step(model, inputs)` (its generation, scoring,
-        reference pass, loss and backward) + `trainer.optimizer.step()`.
+        Each prompt runs once per group where its G rows share it (`sample_and_score`'s
+        `share_prompts`: the generation's prefill and the reference pass start from one KV
+        cache of the prompt; `PanaceaGRPO.token_logps`: so does the loss's forward and
+        backward), and the LM head runs on the response positions only.
+  TRL   `GRPOTrainer(peft_config=LoraConfig(r=k + 2))`, `reward_weights=[0.5, 0.5]`,
+        `bf16=False` (`GRPOConfig` defaults to bf16 autocast, which would run TRL's log-prob
+        passes and backward in bf16 against our fp32; `--trl-bf16` keeps that default, for
+        reference only); the iteration is `trainer.training_step(model, inputs)` (its
+        generation, scoring, reference pass, loss and backward) + `trainer.optimizer.step()`.
+        It runs every row's prompt (G prefills and reference passes of each prompt) and, on
+        CPU, its fused LM head on every position; it also computes the token entropies.
 
 Time: interleaved rounds in this process (ours, TRL, ours, …), medians. Memory: each side in a
 fresh 'spawn' process, the peak resident set of one iteration minus the resident set before it
@@ -42,7 +50,8 @@ from pathlib import Path
 import dpo_step  # noqa: F401  (sets the offline environment first; bench/ is the script dir)
 import torch
 from adapter_overhead import TARGETS
-from dpo_step import _reset_peak_rss, _rss_kib, _single_token_words, build_model_dir
+from dpo_contenders import _single_token_words, build_model_dir
+from dpo_memory import _reset_peak_rss, _rss_kib
 
 M = 2
 
@@ -83,6 +92,7 @@ def make_trl(model_dir: Path, prompts: list[str], args, workdir: Path):
         top_p=1.0,
         beta=args.beta,
         num_iterations=1,
+        bf16=args.trl_bf16,  # TRL's default is bf16 autocast; both sides run fp32 unless asked
         reward_weights=[0.5, 0.5],
         learning_rate=args.lr,
         weight_decay=0.0,
@@ -214,6 +224,11 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--trl-bf16",
+        action="store_true",
+        help="TRL with its default bf16 autocast (ours stays fp32: not like for like)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     from transformers import AutoTokenizer
@@ -241,7 +256,8 @@ def main() -> None:
             memory = {n: f.result() for n, f in futures.items()}
     print(
         f"{args.prompts} prompts × G = {args.group}, ≤ {args.new_tokens} new tokens, rank "
-        f"{args.num_general}+{M} vs LoRA r={args.num_general + M}, CPU fp32, 1 thread, {args.rounds} rounds"
+        f"{args.num_general}+{M} vs LoRA r={args.num_general + M}, CPU fp32"
+        f"{' (TRL bf16 autocast)' if args.trl_bf16 else ''}, 1 thread, {args.rounds} rounds"
     )
     for name in sides:
         print(

@@ -19,9 +19,17 @@ from torch.utils.data import DataLoader
 import tiny
 from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
-from panacea_pl.models import PanaceaPolicy, ScoredRollout
+from panacea_pl.models import PanaceaPolicy, ScoredRollout, token_logprobs
+from panacea_pl.models.experience import (
+    group_order,
+    policy_token_logps,
+    prompt_cache,
+    sample_and_score,
+    shared_prompt_token_logps,
+)
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
+from panacea_pl.rows import repeat_rows
 from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +80,140 @@ def test_one_hot_lambda_is_single_objective_grpo(tiny_llama_dir):
     lengths = scored.mask.sum(-1).float()
     torch.testing.assert_close(out.loss, -(advantages * lengths).sum() / lengths.sum())
     assert out.clip_fraction == 0 and out.approx_kl < 1e-10
+
+
+def test_log_probs_from_the_first_action_on_match_the_full_pass(tiny_model_dir):
+    """The LM head on the response positions only (`first_action`, `logits_to_keep`): the
+    response actions' log-probs are those of the full pass, the prompt's are 0, and gradients
+    through them match too (Llama and GPT-2)."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    rollout, mask = scored.rollout, scored.mask
+    first = rollout.first_action
+    assert first == rollout.prompt_length - 1 and not mask[:, :first].any() and mask[:, first].any()
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+    policy = module.policy
+    with policy.preference(scored.preference):
+        full = policy_token_logps(policy, *args)
+        (full * mask).sum().backward()
+        grads = {k: p.grad.clone() for k, p in policy.adapter.named_parameters()}
+        module.zero_grad(set_to_none=True)
+        kept = policy_token_logps(policy, *args, first)
+        (kept * mask).sum().backward()
+    assert kept.shape == full.shape and (kept[:, :first] == 0).all()
+    torch.testing.assert_close(kept[:, first:], full[:, first:])
+    for key, p in policy.adapter.named_parameters():
+        torch.testing.assert_close(p.grad, grads[key], msg=key)
+    with torch.no_grad(), policy.preference(scored.preference):  # what the rollout stored
+        expected = token_logprobs(
+            policy.model(input_ids=args[0], attention_mask=args[1], position_ids=args[2]).logits,
+            args[0],
+        )
+    torch.testing.assert_close(scored.logps[mask], expected[mask])
+
+
+def test_each_prompt_run_once_per_group_gives_the_full_pass_log_probs(tiny_model_dir):
+    """`shared_prompt_token_logps`: the prompt block once per group through a KV cache, under
+    the reference (what `sample_and_score` uses it for) and under one λ per group; one
+    response per prompt falls back to the full pass."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    rollout, mask, policy = scored.rollout, scored.mask, module.policy
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+    first = rollout.first_action
+    with torch.no_grad():
+        rows = []
+        hook = policy.model.register_forward_pre_hook(
+            lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True
+        )
+        with policy.reference():
+            full = policy_token_logps(policy, *args, first)
+            rows.clear()
+            shared = shared_prompt_token_logps(policy, rollout, 3)
+            hook.remove()
+            prompt, length = rollout.prompt_length, rollout.sequences.shape[1]
+            assert rows == [(4, prompt), (12, length - prompt)]  # each prompt once, then responses
+            single = shared_prompt_token_logps(policy, rollout, 1)
+        assert (shared[:, :first] == 0).all() and torch.equal(single, full)
+        torch.testing.assert_close(shared[mask], full[mask])
+        torch.testing.assert_close(scored.ref_logps[mask], full[mask])
+        with policy.preference(scored.preference):
+            full = policy_token_logps(policy, *args, first)
+        shared = shared_prompt_token_logps(policy, rollout, 3, scored.preference)
+        torch.testing.assert_close(shared[mask], full[mask])
+        mixed = torch.rand(scored.preference.shape, generator=torch.Generator().manual_seed(1))
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        with policy.preference(mixed):  # λ differs within the groups: the full pass
+            full = policy_token_logps(policy, *args, first)
+        assert torch.equal(shared_prompt_token_logps(policy, rollout, 3, mixed), full)
+
+
+def test_each_prompt_prefilled_once_per_group_samples_the_same_rollout(tiny_model_dir):
+    """`sample_and_score` with `share_prompts` (the default; `prompt_cache` for the prefill):
+    at one seed, the same responses and log-probs as with every row running its own prompt;
+    GRPO's per-group λ and PPO's per-row λ (nothing to share)."""
+    module = build(tiny_model_dir).train()
+    batch = prompt_batch(tiny_model_dir)
+    per_group = module.group_preference(batch["input_ids"].shape[0])
+    per_row = torch.distributions.Dirichlet(torch.ones(2)).sample((len(per_group),))
+    rows = [repeat_rows(batch[key], 3) for key in ("input_ids", "attention_mask")]
+    with torch.no_grad(), module.policy.preference(per_group):
+        assert len(prompt_cache(module.policy, *rows, per_group, 3)) == 1
+        assert prompt_cache(module.policy, *rows, per_row, 3) == {}
+        assert prompt_cache(module.policy, *rows, per_group, 3, {"num_beams": 2}) == {}
+    for lam in (per_group, per_row):
+        runs = []
+        for share in (True, False):
+            torch.manual_seed(3)
+            runs.append(
+                sample_and_score(
+                    module.policy, module.reward, batch, lam, 3, 5, module.tokenizer,
+                    share_prompts=share,
+                )
+            )  # fmt: skip
+        shared, alone = runs
+        assert torch.equal(shared.rollout.sequences, alone.rollout.sequences)
+        mask = shared.mask
+        torch.testing.assert_close(shared.logps[mask], alone.logps[mask])
+        torch.testing.assert_close(shared.ref_logps[mask], alone.ref_logps[mask])
+        torch.testing.assert_close(shared.rewards, alone.rewards)
+
+
+def test_the_loss_pass_runs_each_prompt_once_for_whole_groups(tiny_model_dir):
+    """`PanaceaGRPO.token_logps`: rows that make whole groups (in any order) share each prompt's
+    pass, with the log-probs and adapter gradients of every row running its own prompt."""
+    module = build(tiny_model_dir).train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    policy, mask = module.policy, scored.mask
+    index = torch.tensor([4, 3, 5, 11, 10, 9])  # groups 1 and 3, shuffled
+    ordered, back = group_order(index, 3)
+    assert torch.equal(ordered[back], index)
+    assert group_order(torch.tensor([0, 1, 3]), 3) is None
+    assert group_order(torch.tensor([1, 2, 3]), 3) is None
+    rollout = scored.rollout.rows(index)
+    args = (rollout.sequences, rollout.attention_mask, rollout.position_ids, rollout.first_action)
+    results = []
+    for shared in (True, False):
+        module.zero_grad(set_to_none=True)
+        if shared:
+            shapes = []
+            hook = policy.model.register_forward_pre_hook(
+                lambda _, a, kw, shapes=shapes: shapes.append(kw["input_ids"].shape[0]),
+                with_kwargs=True,
+            )
+            logps = module.token_logps(scored, index)
+            hook.remove()
+            assert shapes == [2, 6]  # the two prompts, then the six rows' responses
+        else:
+            with policy.preference(scored.preference[index]):
+                logps = policy_token_logps(policy, *args)
+        (logps * mask[index]).sum().backward()
+        grads = {k: p.grad.clone() for k, p in policy.adapter.named_parameters()}
+        results.append((logps.detach(), grads))
+    (shared, shared_grads), (alone, alone_grads) = results
+    torch.testing.assert_close(shared[mask[index]], alone[mask[index]])
+    for key, grad in alone_grads.items():
+        torch.testing.assert_close(shared_grads[key], grad, msg=key)
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

@@ -49,6 +49,12 @@ class Rollout:
         return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     @property
+    def first_action(self) -> int:
+        """Index of the first action that can predict a response token (`prompt_length − 1`):
+        the actions before it are prompt tokens for every row."""
+        return max(self.prompt_length - 1, 0)
+
+    @property
     def action_mask(self) -> Tensor:
         """[N, L − 1] True where the predicted token (position t + 1) is a response token."""
         return self.response_mask[:, 1:]
@@ -57,6 +63,16 @@ class Rollout:
     def response_lengths(self) -> Tensor:
         """[N] response tokens per row (the stop token included)."""
         return self.response_mask.sum(-1)
+
+    def rows(self, index: Tensor) -> Rollout:
+        """The rollout of the rows `index`."""
+        return Rollout(
+            self.sequences[index],
+            self.attention_mask[index],
+            self.response_mask[index],
+            self.prompt_length,
+            self.stop_ids,
+        )
 
     def prompt_ids(self) -> list[list[int]]:
         """Each row's prompt ids without padding."""

@@ -28,7 +28,8 @@ One training step is one iteration on one batch of prompts:
    (`LinearAdvantage`, `TchebycheffAdvantage`), optionally divided by the group's std.
 4. **Updates.** `epochs` shuffled passes over the rollout in minibatches of `minibatch_size`
    rows, GRPO's clipped surrogate (`GroupPolicyLoss`), one optimiser step each (manual
-   optimisation). `trainer.global_step` counts optimiser steps.
+   optimisation). `trainer.global_step` counts optimiser steps. A minibatch of whole groups
+   (the whole rollout, by default) runs each prompt once (`token_logps`).
 
 **Logged** (`train/…`): per dimension `reward`, `objective` (r_i − β·KL̂), `advantage_std`
 (A_i's spread before aggregation), `weight`, `lambda/{dimension}`; `kl`, `objective`
@@ -51,7 +52,13 @@ from torch import Tensor
 
 from panacea_pl.checks import check_integer, check_number
 from panacea_pl.models import PanaceaPolicy
-from panacea_pl.models.experience import ScoredRollout, policy_token_logps, sample_and_score
+from panacea_pl.models.experience import (
+    ScoredRollout,
+    group_order,
+    policy_token_logps,
+    sample_and_score,
+    shared_prompt_token_logps,
+)
 from panacea_pl.modules.on_policy import (
     OnPolicyModule,
     check_no_dropout,
@@ -196,11 +203,7 @@ class PanaceaGRPO(OnPolicyModule):
 
     def grpo_loss(self, scored: ScoredRollout, advantages: Tensor, index: Tensor):
         """The loss of the rows `index` of a rollout under their λ (`GroupPolicyLoss` output)."""
-        rollout = scored.rollout
-        args = (rollout.sequences[index], rollout.attention_mask[index])
-        positions = rollout.position_ids[index]
-        with self.policy.preference(scored.preference[index]):
-            logps = policy_token_logps(self.policy, *args, positions)
+        logps = self.token_logps(scored, index)
         ref = scored.ref_logps[index] if self.kl_in == "loss" else None
         if scored.logps is None:  # one on-policy step over every row: π_old = π
             if index.numel() != len(scored):
@@ -208,6 +211,22 @@ class PanaceaGRPO(OnPolicyModule):
             scored.logps = torch.empty_like(logps).index_copy(0, index, logps.detach())
         old = scored.logps[index]
         return self.policy_loss(logps, old, advantages[index], scored.mask[index], ref)
+
+    def token_logps(self, scored: ScoredRollout, index: Tensor) -> Tensor:
+        """[len(index), T] log π of the rows `index` under their λ (with gradient). Where
+        `index` holds whole groups, each group's prompt runs once (`shared_prompt_token_logps`;
+        its gradient is the sum of the group's rows', as in the full pass)."""
+        rollout, preference = scored.rollout, scored.preference
+        grouped = group_order(index, self.group_size)
+        if grouped is None:
+            rows = rollout.rows(index)
+            args = (rows.sequences, rows.attention_mask, rows.position_ids, rows.first_action)
+            with self.policy.preference(preference[index]):
+                return policy_token_logps(self.policy, *args)
+        ordered, back = grouped
+        rows = rollout.rows(ordered)
+        logps = shared_prompt_token_logps(self.policy, rows, self.group_size, preference[ordered])
+        return logps[back]
 
     def optimise(self, scored: ScoredRollout, advantages: Tensor) -> dict[str, Tensor]:
         """`epochs` shuffled passes of minibatch steps; the means of the losses' parts."""

@@ -143,6 +143,7 @@ class PanaceaOnlineDPO(OnPolicyModule):
                 rollout.sequences[rows],
                 rollout.attention_mask[rows],
                 rollout.position_ids[rows],
+                rollout.first_action,
             )
         if scored.logps is None:
             scored.logps = torch.zeros_like(scored.ref_logps)
@@ -187,9 +188,8 @@ class PanaceaOnlineDPO(OnPolicyModule):
     def _fill_logps(self, scored: ScoredRollout) -> None:
         rollout = scored.rollout
         with self.policy.preference(scored.preference):
-            scored.logps = policy_token_logps(
-                self.policy, rollout.sequences, rollout.attention_mask, rollout.position_ids
-            )
+            args = (rollout.sequences, rollout.attention_mask, rollout.position_ids)
+            scored.logps = policy_token_logps(self.policy, *args, rollout.first_action)
 
     def _log_iteration(self, scored: ScoredRollout, stats: dict[str, Tensor]) -> None:
         log_rewards(self, scored, "train", self.kl_coef)
