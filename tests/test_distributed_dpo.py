@@ -9,7 +9,6 @@ does on a cluster.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -66,15 +65,7 @@ class RecordingDPO(PanaceaDPO):
 
 def _train(rank: int, world: int, port: int, out: str, per_sample: bool) -> None:
     """One process of a `world`-process run; writes what it saw to `out/{world}-{rank}.pt`."""
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
-    if world > 1:  # what torchrun or srun would set
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            WORLD_SIZE=str(world),
-            NODE_RANK="0",
-            LOCAL_RANK=str(rank),
-        )
+    tiny.as_launched_rank(rank, world, port)
     pl.seed_everything(0, verbose=False)
     module = RecordingDPO(
         StoriesPolicy(adapter=PanaceaConfig(num_general=2, num_preferences=2)),

@@ -10,7 +10,6 @@ ranks sample through the sharded policy) — the CSV rank zero writes.
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
@@ -140,15 +139,7 @@ def test_a_rank_with_fewer_chunks_pads_and_the_front_is_the_same(forked_stories_
 
 def _validate(rank: int, world: int, port: int, out: str, shard: bool = True, fsdp2=False) -> None:
     """`trainer.validate` with a final ParetoSweep; rank zero writes `out/{world}/final.csv`."""
-    torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            WORLD_SIZE=str(world),
-            NODE_RANK="0",
-            LOCAL_RANK=str(rank),
-        )
+    tiny.as_launched_rank(rank, world, port)
     pl.seed_everything(0, verbose=False)
     policy = StoriesPolicy(adapter=PanaceaConfig(num_general=2, num_preferences=2))
     _randomise(policy.adapter)

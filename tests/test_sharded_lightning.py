@@ -17,7 +17,6 @@ unsharded process with the global batch:
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -54,15 +53,7 @@ def _module() -> PanaceaDPO:
 
 def _fit(rank: int, world: int, port: int, out: str, max_steps: int, resume: str | None) -> None:
     """One process: fit to `max_steps` (from `resume`), checkpoint, sweep, save the adapter."""
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
-    if world > 1:  # what torchrun or srun would set
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            WORLD_SIZE=str(world),
-            NODE_RANK="0",
-            LOCAL_RANK=str(rank),
-        )
+    tiny.as_launched_rank(rank, world, port)
     pl.seed_everything(0, verbose=False)
     module = _module()
     data = StoriesDataModule(

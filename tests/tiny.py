@@ -5,6 +5,7 @@ Tests use these so that the real `from_pretrained` code paths run with no networ
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -147,3 +148,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def as_launched_rank(rank: int, world: int, port: int) -> None:
+    """In a forked child: one thread, and (world > 1) the environment torchrun or srun would
+    set, so that Lightning's strategies find the other ranks as on a cluster."""
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
+    if world > 1:
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            WORLD_SIZE=str(world),
+            NODE_RANK="0",
+            LOCAL_RANK=str(rank),
+        )
