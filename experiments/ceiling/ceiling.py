@@ -60,8 +60,7 @@ VARIANTS: dict[str, dict] = {
     # FixedPreferencePPO, the panacea_ppo.yaml recipe at one λ (constant lr, critic lr 0.001)
     "ppo_r0_corner": {"method": "ppo", "lam": CORNER},
     "ppo_full_corner": {"method": "ppo", "lam": CORNER, "full": True, "lr": 1e-4},
-    "ppo_full_corner_lr1e-05": {"method": "ppo", "lam": CORNER, "full": True, "lr": 1e-5},
-    "ppo_full_corner_lr0.0003": {"method": "ppo", "lam": CORNER, "full": True, "lr": 3e-4},
+    "ppo_full_corner_lr2e-05": {"method": "ppo", "lam": CORNER, "full": True, "lr": 2e-5},
     "ppo_r8_corner": {"method": "ppo", "lam": CORNER, "num_general": 8},
     "ppo_r8_corner_lr0.0005": {"method": "ppo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
     "ppo_r0_centre": {"method": "ppo", "lam": CENTRE},
