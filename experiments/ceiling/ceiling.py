@@ -2,11 +2,13 @@
 G(λ) = 1 − regret(π, λ) / regret(π_ref, λ) for single-λ training on the stories benchmark.
 
     python experiments/ceiling/ceiling.py --variants dpo_r0_corner dpo_r0_centre
+    python experiments/ceiling/ceiling.py --steps 30 60 120 --variants ppo_r0_corner  # iterations
     python experiments/ceiling/ceiling.py --mismatch          # LS-vs-sum-of-DPO analysis only
     python experiments/ceiling/ceiling.py --list
 
 Each finished measurement is one JSON line in `--results`; a rerun skips what is there (a
-variant with missing step counts is retrained from scratch up to the last missing one). G's
+variant with missing step counts is retrained from scratch up to the last missing one). A PPO
+variant's steps are PPO iterations (each 16 prompts × 8 responses, 8 optimiser steps). G's
 standard error propagates the policy's, the base model's and the optimum's value errors as
 independent (delta method on G = (V − V_0) / (V* − V_0)).
 """
@@ -25,8 +27,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from ppo_variants import FullFineTunePPO, ppo_module
 
-from panacea_pl.baselines import FixedPreferenceDPO
+from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferencePPO
 from panacea_pl.benchmarks.stories import StoriesDataModule, StoriesPolicy
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.evaluate import Evaluation
@@ -54,8 +57,15 @@ VARIANTS: dict[str, dict] = {
     "dpo_r8_corner_lr0.0005": {"lam": CORNER, "num_general": 8, "lr": 5e-4},
     "dpo_r0_centre_lr0.01": {"lam": CENTRE, "lr": 0.01},
     "dpo_full_corner_lr5e-05": {"lam": CORNER, "full": True, "lr": 5e-5},
+    # FixedPreferencePPO, the panacea_ppo.yaml recipe at one λ (constant lr, critic lr 0.001)
+    "ppo_r0_corner": {"method": "ppo", "lam": CORNER},
+    "ppo_full_corner": {"method": "ppo", "lam": CORNER, "full": True, "lr": 1e-4},
+    "ppo_full_corner_lr2e-05": {"method": "ppo", "lam": CORNER, "full": True, "lr": 2e-5},
+    "ppo_r8_corner": {"method": "ppo", "lam": CORNER, "num_general": 8},
+    "ppo_r8_corner_lr0.0005": {"method": "ppo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
+    "ppo_r0_centre": {"method": "ppo", "lam": CENTRE},
 }
-DEFAULTS = {"num_general": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
+DEFAULTS = {"method": "dpo", "num_general": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
 
 
 class FullFineTuneDPO(FixedPreferenceDPO):
@@ -165,14 +175,15 @@ class EvaluateAt(pl.Callback):
         self.eval_seconds = 0.0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
+        ppo = isinstance(module, FixedPreferencePPO)
+        step = int(module.iterations) if ppo else trainer.global_step  # PPO: iterations
         if step not in self.steps:
             return
         self.steps.discard(step)
         start = time.perf_counter()
         policy = module.policy
         lam = self.settings["lam"]
-        if isinstance(module, FullFineTuneDPO):
+        if isinstance(module, FullFineTuneDPO | FullFineTunePPO):
             ev = evaluate_at(
                 self.bench,
                 policy.model,
@@ -202,7 +213,7 @@ class EvaluateAt(pl.Callback):
         record = {
             "kind": "train",
             "variant": self.name,
-            "method": "dpo",
+            "method": self.settings["method"],
             "settings": self.settings,
             "lam": list(lam),
             "step": step,
@@ -242,6 +253,29 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     total = args.schedule_steps  # one schedule for the whole curve, whichever steps are evaluated
     pl.seed_everything(0, workers=True)
     policy = StoriesPolicy(adapter=PanaceaConfig(num_general=s["num_general"], num_preferences=2))
+    if s["method"] == "ppo":
+        module, data = ppo_module(policy, s, bench)
+        limit = {"max_epochs": max(steps)}  # one epoch = one PPO iteration
+    else:
+        module, data = dpo_module(policy, s, total, bench)
+        limit = {"max_steps": max(steps), "max_epochs": -1}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        **limit,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[EvaluateAt(name, s | {"lam": list(s["lam"])}, steps, base, args, bench)],
+    )
+    trainer.fit(module, datamodule=data)
+
+
+def dpo_module(policy: StoriesPolicy, s: dict, total: int, bench: StoriesBenchmark) -> tuple:
+    """FixedPreferenceDPO with the dps.yaml settings (OneCycle over `total` steps), and its data."""
     kwargs = {
         "preference": list(s["lam"]),
         "loss": MultiObjectiveDPOLoss(beta=BETA),
@@ -264,20 +298,7 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
         batch_size=32,
         benchmark={"pairs_per_prompt": s["pairs_per_prompt"], "progress": False},
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max(steps),
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[EvaluateAt(name, s | {"lam": list(s["lam"])}, steps, base, args, bench)],
-    )
-    trainer.fit(module, datamodule=data)
+    return module, data
 
 
 # ---- LS-vs-sum-of-DPO mismatch -----------------------------------------------------------------

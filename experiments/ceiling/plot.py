@@ -1,6 +1,7 @@
 """Plot the ceiling study's learning curves and print its table from results.jsonl.
 
-python experiments/ceiling/plot.py            # writes learning_curves.png, prints Markdown
+python experiments/ceiling/plot.py   # writes learning_curves.png (DPO) and
+                                     # ppo_learning_curves.png (PPO), prints Markdown
 """
 
 from __future__ import annotations
@@ -23,19 +24,19 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curves(records: list[dict]) -> dict[str, list[dict]]:
-    """Training measurements by variant, sorted by step."""
+def curves(records: list[dict], method: str = "dpo") -> dict[str, list[dict]]:
+    """Training measurements of one method by variant, sorted by step."""
     out: dict[str, list[dict]] = {}
     for r in records:
-        if r["kind"] == "train":
+        if r["kind"] == "train" and r["method"] == method:
             out.setdefault(r["variant"], []).append(r)
     return {k: sorted(v, key=lambda r: r["step"]) for k, v in out.items()}
 
 
-def plot(records: list[dict], target: Path) -> None:
+def plot(records: list[dict], target: Path, method: str = "dpo") -> None:
     """G vs steps per variant (sampled evaluation left, reference-draw estimate right)."""
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for name, rows in curves(records).items():
+    for name, rows in curves(records, method).items():
         steps = [0] + [r["step"] for r in rows]
         style = "--" if rows[0]["lam"][0] == 0.5 else "-"
         for ax, key in ((axes[0], "G"), (axes[1], "G_is")):
@@ -61,7 +62,7 @@ def plot(records: list[dict], target: Path) -> None:
     axes[1].set_title("G on the reference draw (importance sampling, ±1 SE)")
     axes[2].set_title("KL(π‖π_ref) per response (sampled)")
     for ax in axes:
-        ax.set_xlabel("optimiser steps")
+        ax.set_xlabel("PPO iterations" if method == "ppo" else "optimiser steps")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of the achievable gain G")
     axes[2].set_ylim(0, 1.5)
@@ -70,23 +71,32 @@ def plot(records: list[dict], target: Path) -> None:
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.axhline(0.0, color="grey", linewidth=0.8)
     axes[1].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Single-λ DPO on the stories benchmark (solid: corner λ=(1,0); dashed: centre)")
+    fig.suptitle(
+        f"Single-λ {method.upper()} on the stories benchmark "
+        "(solid: corner λ=(1,0); dashed: centre)"
+    )
     fig.tight_layout()
     fig.savefig(target, dpi=120)
 
 
-def table(records: list[dict]) -> str:
-    """Markdown table of every training measurement."""
+def table(records: list[dict], method: str = "dpo") -> str:
+    """Markdown table of every training measurement of one method (PPO: steps are iterations,
+    and the tilt slope and correlation on the reference draw are shown too)."""
+    ppo = method == "ppo"
+    tilt = " tilt slope | tilt corr |" if ppo else ""
     head = (
-        "| variant | λ | step | G (sampled) | G (reference draw) | KL (sampled) | optimum's KL "
-        "| min ESS | train s | eval s | load |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| variant | λ | {'iteration' if ppo else 'step'} | G (sampled) | G (reference draw) |"
+        f"{tilt} KL (sampled) | optimum's KL | min ESS | train s | eval s | load |\n"
+        + "|---" * (13 if ppo else 11)
+        + "|\n"
     )
     lines = []
-    for name, rows in curves(records).items():
+    for name, rows in curves(records, method).items():
         for r in rows:
+            slope = f" {r['tilt_slope']:.2f} | {r['tilt_corr']:.2f} |" if ppo else ""
             lines.append(
                 f"| {name} | {tuple(r['lam'])} | {r['step']} | {r['G']:.2f} ± {r['G_se']:.2f} "
-                f"| {r['G_is']:.2f} ± {r['G_is_se']:.2f} | {r['kl']:.3f} ± {r['kl_se']:.3f} "
+                f"| {r['G_is']:.2f} ± {r['G_is_se']:.2f} |{slope} {r['kl']:.3f} ± {r['kl_se']:.3f} "
                 f"| {r['opt_kl']:.3f} | {r['ess_is_min']:.0f} | {r['train_seconds']:.0f} "
                 f"| {r['eval_seconds']:.0f} | {r['load1']:.1f} |"
             )
@@ -133,12 +143,15 @@ def decompose_table(records: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=HERE / "results.jsonl")
-    parser.add_argument("--out", type=Path, default=HERE / "learning_curves.png")
     args = parser.parse_args()
     records = load(args.results)
-    plot(records, args.out)
+    plot(records, HERE / "learning_curves.png")
     print(table(records))
     print()
+    if curves(records, "ppo"):
+        plot(records, HERE / "ppo_learning_curves.png", "ppo")
+        print(table(records, "ppo"))
+        print()
     print(mismatch_table(records))
     print()
     print(decompose_table(records))

@@ -1,0 +1,84 @@
+"""The ceiling study's single-λ PPO: `FixedPreferencePPO` with the panacea_ppo.yaml settings
+(rank-0 adapter by default, λ-conditioned critic with a rank-8 adapter and trained backbone,
+β = β_eff, 16 prompts × 8 responses per iteration, minibatch 32, 2 PPO epochs, constant lr),
+and its full fine-tuning variant. Used by `ceiling.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from panacea_pl.baselines import FixedPreferencePPO
+from panacea_pl.benchmarks.stories import StoriesPolicy, StoriesPromptDataModule, StoriesReward
+from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
+from panacea_pl.layers import PanaceaConfig
+from panacea_pl.models import PanaceaCritic
+from panacea_pl.models.logprobs import token_logprobs
+from panacea_pl.objectives import LinearAdvantage
+
+
+class FullFineTunePPO(FixedPreferencePPO):
+    """`FixedPreferencePPO` that also trains every base weight of the policy; the reference
+    log-probs (the KL penalty) come from a frozen copy of the base model, as in
+    `FullFineTuneDPO`."""
+
+    def __init__(self, policy: StoriesPolicy, reference_model: torch.nn.Module, **kwargs):
+        super().__init__(policy, **kwargs)
+        for p in self.policy.model.parameters():
+            p.requires_grad_(True)
+        reference_model.requires_grad_(False).eval()
+        self._reference = [reference_model]  # a list: not a submodule, never trained
+
+    @property
+    def reference_model(self) -> torch.nn.Module:
+        return self._reference[0]
+
+    def optimizer_parameters(self) -> list[dict]:
+        groups = super().optimizer_parameters()  # [policy adapter, critic]
+        groups[0] = {"params": [p for p in self.policy.parameters() if p.requires_grad]}
+        return groups
+
+    @torch.no_grad()
+    def score_rollout(self, batch: dict, preference: torch.Tensor | None = None):
+        scored = super().score_rollout(batch, preference)
+        r = scored.rollout
+        logits = self.reference_model(
+            input_ids=r.sequences,
+            attention_mask=r.attention_mask,
+            position_ids=r.position_ids,
+            use_cache=False,
+        ).logits
+        scored.ref_logps = token_logprobs(logits, r.sequences)
+        return scored
+
+
+def ppo_module(policy: StoriesPolicy, s: dict, bench: StoriesBenchmark) -> tuple:
+    """FixedPreferencePPO with the panacea_ppo.yaml settings, and its prompt data."""
+    kwargs = {
+        "preference": list(s["lam"]),
+        "critic": PanaceaCritic(
+            str(bench.model_dir),
+            adapter=PanaceaConfig(num_general=8, num_preferences=2),
+            train_backbone=True,
+        ),
+        "reward": StoriesReward(num_dimensions=2),
+        "aggregator": LinearAdvantage(),
+        "kl_coef": bench.beta_eff,
+        "gamma": 1.0,
+        "gae_lambda": 0.95,
+        "clip_range": 0.2,
+        "value_clip_range": None,
+        "samples_per_prompt": 8,
+        "minibatch_size": 32,
+        "ppo_epochs": 2,
+        "max_new_tokens": bench.max_new_tokens,
+        "optimizer": functools.partial(torch.optim.AdamW, lr=s["lr"], weight_decay=0.0, fused=True),
+        "critic_lr": 0.001,
+    }
+    if s["full"]:
+        module = FullFineTunePPO(policy, reference_model=bench.load_model(), **kwargs)
+    else:
+        module = FixedPreferencePPO(policy, **kwargs)
+    return module, StoriesPromptDataModule(num_dimensions=2, batch_size=16)
