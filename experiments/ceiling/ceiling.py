@@ -57,6 +57,13 @@ VARIANTS: dict[str, dict] = {
     "dpo_r8_corner_lr0.0005": {"lam": CORNER, "num_general": 8, "lr": 5e-4},
     "dpo_r0_centre_lr0.01": {"lam": CENTRE, "lr": 0.01},
     "dpo_full_corner_lr5e-05": {"lam": CORNER, "full": True, "lr": 5e-5},
+    # 4× the distinct responses per prompt (and pairs, 4 per response as by default): coverage
+    "dpo_r0_corner_lr0.01_resp1024": {
+        "lam": CORNER,
+        "lr": 0.01,
+        "pair_responses_per_prompt": 1024,
+        "pairs_per_prompt": 4096,
+    },
     # FixedPreferencePPO, the panacea_ppo.yaml recipe at one λ (constant lr, critic lr 0.001)
     "ppo_r0_corner": {"method": "ppo", "lam": CORNER},
     "ppo_full_corner": {"method": "ppo", "lam": CORNER, "full": True, "lr": 1e-4},
@@ -65,7 +72,14 @@ VARIANTS: dict[str, dict] = {
     "ppo_r8_corner_lr0.0005": {"method": "ppo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
     "ppo_r0_centre": {"method": "ppo", "lam": CENTRE},
 }
-DEFAULTS = {"method": "dpo", "num_general": 0, "full": False, "lr": 0.002, "pairs_per_prompt": 1024}
+DEFAULTS = {
+    "method": "dpo",
+    "num_general": 0,
+    "full": False,
+    "lr": 0.002,
+    "pairs_per_prompt": 1024,
+    "pair_responses_per_prompt": 256,
+}
 
 
 class FullFineTuneDPO(FixedPreferenceDPO):
@@ -296,7 +310,11 @@ def dpo_module(policy: StoriesPolicy, s: dict, total: int, bench: StoriesBenchma
     data = StoriesDataModule(
         num_dimensions=2,
         batch_size=32,
-        benchmark={"pairs_per_prompt": s["pairs_per_prompt"], "progress": False},
+        benchmark={
+            "pairs_per_prompt": s["pairs_per_prompt"],
+            "pair_responses_per_prompt": s["pair_responses_per_prompt"],
+            "progress": False,
+        },
     )
     return module, data
 
