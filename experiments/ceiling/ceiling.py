@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from ppo_variants import FullFineTunePPO, ppo_module
+from variants import FullFineTuneDPO, FullFineTunePPO, ppo_module
 
 from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferencePPO
 from panacea_pl.benchmarks.stories import StoriesDataModule, StoriesPolicy
@@ -37,7 +37,6 @@ from panacea_pl.benchmarks.stories.optimum import tilted_front
 from panacea_pl.benchmarks.stories.pairs import choose_pairs
 from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
 from panacea_pl.layers import PanaceaAdapter, PanaceaConfig
-from panacea_pl.models.logprobs import sequence_logprobs
 from panacea_pl.objectives import LinearScalarization, MultiObjectiveDPOLoss
 
 HERE = Path(__file__).resolve().parent
@@ -80,37 +79,6 @@ DEFAULTS = {
     "pairs_per_prompt": 1024,
     "pair_responses_per_prompt": 256,
 }
-
-
-class FullFineTuneDPO(FixedPreferenceDPO):
-    """`FixedPreferenceDPO` that also trains every base weight; the reference is a frozen copy
-    of the base model (disabling the adapter no longer gives π_ref once the base moves)."""
-
-    def __init__(self, policy: StoriesPolicy, reference_model: torch.nn.Module, **kwargs):
-        super().__init__(policy, **kwargs)
-        for p in self.policy.model.parameters():
-            p.requires_grad_(True)
-        reference_model.requires_grad_(False).eval()
-        self._reference = [reference_model]  # a list: not a submodule, never trained
-
-    @property
-    def reference_model(self) -> torch.nn.Module:
-        return self._reference[0]
-
-    def optimizer_parameters(self):
-        return [p for p in self.policy.parameters() if p.requires_grad]
-
-    def dimension_losses(self, batch: dict, preference: torch.Tensor):
-        with self.policy.adapter.preference(preference):
-            policy_logps = self.policy.sequence_logprobs(batch)
-        with torch.no_grad():
-            logits = self.reference_model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            reference_logps = sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])[
-                0
-            ]
-        return self.loss(policy_logps, reference_logps, batch["labels"])
 
 
 # ---- results file ------------------------------------------------------------------------------

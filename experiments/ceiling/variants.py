@@ -1,7 +1,8 @@
-"""The ceiling study's single-λ PPO: `FixedPreferencePPO` with the panacea_ppo.yaml settings
-(rank-0 adapter by default, λ-conditioned critic with a rank-8 adapter and trained backbone,
-β = β_eff, 16 prompts × 8 responses per iteration, minibatch 32, 2 PPO epochs, constant lr),
-and its full fine-tuning variant. Used by `ceiling.py`.
+"""The ceiling study's modules beyond the adapter: full fine-tuning of DPO and PPO at one λ
+(`FullFineTune`), and single-λ PPO (`ppo_module`: `FixedPreferencePPO` with the
+panacea_ppo.yaml settings: rank-0 adapter by default, λ-conditioned critic with a rank-8 adapter
+and trained backbone, β = β_eff, 16 prompts × 8 responses per iteration, minibatch 32, 2 PPO
+epochs, constant lr). Used by `ceiling.py`.
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ import functools
 
 import torch
 
-from panacea_pl.baselines import FixedPreferencePPO
+from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferencePPO
 from panacea_pl.benchmarks.stories import StoriesPolicy, StoriesPromptDataModule, StoriesReward
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaCritic
-from panacea_pl.models.logprobs import token_logprobs
+from panacea_pl.models.logprobs import sequence_logprobs, token_logprobs
 from panacea_pl.objectives import LinearAdvantage
 
 
-class FullFineTunePPO(FixedPreferencePPO):
-    """`FixedPreferencePPO` that also trains every base weight of the policy; the reference
-    log-probs (the KL penalty) come from a frozen copy of the base model, as in
-    `FullFineTuneDPO`."""
+class FullFineTune:
+    """Mixin for a fixed-λ module: every base weight of the policy trains too, and the reference
+    is a frozen copy of the base model (disabling the adapter no longer gives π_ref once the
+    base moves)."""
 
     def __init__(self, policy: StoriesPolicy, reference_model: torch.nn.Module, **kwargs):
         super().__init__(policy, **kwargs)
@@ -34,6 +35,30 @@ class FullFineTunePPO(FixedPreferencePPO):
     @property
     def reference_model(self) -> torch.nn.Module:
         return self._reference[0]
+
+
+class FullFineTuneDPO(FullFineTune, FixedPreferenceDPO):
+    """`FixedPreferenceDPO` that also trains every base weight of the policy."""
+
+    def optimizer_parameters(self):
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    def dimension_losses(self, batch: dict, preference: torch.Tensor):
+        with self.policy.adapter.preference(preference):
+            policy_logps = self.policy.sequence_logprobs(batch)
+        with torch.no_grad():
+            logits = self.reference_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            reference_logps = sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])[
+                0
+            ]
+        return self.loss(policy_logps, reference_logps, batch["labels"])
+
+
+class FullFineTunePPO(FullFineTune, FixedPreferencePPO):
+    """`FixedPreferencePPO` that also trains every base weight of the policy; the KL penalty's
+    reference log-probs come from the frozen copy."""
 
     def optimizer_parameters(self) -> list[dict]:
         groups = super().optimizer_parameters()  # [policy adapter, critic]
