@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -30,7 +29,7 @@ from panacea_pl.models.experience import (
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
 from panacea_pl.rows import repeat_rows
-from test_modules_ppo import SaveParameters, TokenShare, prompt_batch, prompt_rows
+from test_modules_ppo import SaveParameters, TokenShare, fit_on_prompts, prompt_batch, prompt_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,19 +254,7 @@ def test_fit_tchebycheff_rloo_kl_in_loss_trains_and_logs(tiny_llama_dir, tmp_pat
         minibatch_size=4,
         optimizer=lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.0),
     )
-    before = {k: v.clone() for k, v in module.policy.adapter.state_dict().items()}
-    loader = DataLoader(
-        prompt_rows(tiny_llama_dir),
-        batch_size=2,
-        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
-    )
-    trainer = tiny.quiet_trainer(
-        max_epochs=1,
-        logger=pl.loggers.CSVLogger(tmp_path, name="grpo"),
-        log_every_n_steps=1,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    trainer, before = fit_on_prompts(module, tiny_llama_dir, tmp_path, "grpo")
     # 2 batches × 2 prompts × G = 3 → 6 rows; 2 epochs × ⌈6 / 4⌉ = 4 steps per batch
     assert trainer.global_step == 8
     after = module.policy.adapter.state_dict()

@@ -12,14 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-import tiny
-from panacea_pl.data.collate import PromptCollator
 from panacea_pl.evaluation.crn import GumbelSampler, mix32
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaPolicy
@@ -32,7 +28,7 @@ from panacea_pl.objectives import (
 )
 from panacea_pl.rows import group_members, within_group_pairs
 from test_entry_points import assert_quiet
-from test_modules_ppo import TokenShare, prompt_batch, prompt_rows
+from test_modules_ppo import TokenShare, fit_on_prompts, prompt_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,19 +189,7 @@ def test_fit_with_minibatches_and_tchebycheff_trains_and_logs(tiny_llama_dir, tm
         minibatch_size=1,
         optimizer=lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.0),
     )
-    before = {k: v.clone() for k, v in module.policy.adapter.state_dict().items()}
-    loader = DataLoader(
-        prompt_rows(tiny_llama_dir),
-        batch_size=2,
-        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
-    )
-    trainer = tiny.quiet_trainer(
-        max_epochs=1,
-        logger=pl.loggers.CSVLogger(tmp_path, name="odpo"),
-        log_every_n_steps=1,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    trainer, before = fit_on_prompts(module, tiny_llama_dir, tmp_path, "odpo")
     # 2 batches × 2 prompts; 2 epochs × 2 minibatches of 1 prompt = 4 steps per batch
     assert trainer.global_step == 8
     after = module.policy.adapter.state_dict()

@@ -61,6 +61,25 @@ def prompt_batch(model_dir) -> dict:
     return PromptCollator(tok.pad_token_id)(prompt_rows(model_dir))
 
 
+def fit_on_prompts(module, model_dir, tmp_path, name: str) -> tuple[pl.Trainer, dict]:
+    """One epoch of 2 batches of 2 prompts (train and val), CSV-logged; (trainer, the adapter's
+    state before)."""
+    before = {k: v.clone() for k, v in module.policy.adapter.state_dict().items()}
+    loader = DataLoader(
+        prompt_rows(model_dir),
+        batch_size=2,
+        collate_fn=PromptCollator(module.tokenizer.pad_token_id),
+    )
+    trainer = tiny.quiet_trainer(
+        max_epochs=1,
+        logger=pl.loggers.CSVLogger(tmp_path, name=name),
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    return trainer, before
+
+
 def build(model_dir, module_class=PanaceaPPO, randomise=True, **kwargs) -> PanaceaPPO:
     torch.manual_seed(0)
     policy = PanaceaPolicy(str(model_dir), adapter=PanaceaConfig(num_general=2, num_preferences=2))
