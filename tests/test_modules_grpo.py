@@ -1,11 +1,12 @@
 """PanaceaGRPO on tiny models: one λ per group through the shared rollout component, the KL in
-the reward or the loss, one-hot λ is single-objective GRPO, a short fit, and the shipped stories
+the reward, per token, exact per state or in the loss, one-hot λ is single-objective GRPO, a short fit, and the shipped stories
 config through the `panacea-pl` console script."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from panacea_pl.models.experience import (
     prompt_cache,
     sample_and_score,
     shared_prompt_token_logps,
+    token_kl,
 )
 from panacea_pl.modules import PanaceaGRPO
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
@@ -415,3 +417,74 @@ def test_token_kl_credits_each_token_with_the_kl_still_to_come(tiny_llama_dir):
     assert (tokens[~scored.mask] == 0).all()
     out = module.grpo_loss(scored, tokens, torch.arange(n))
     assert torch.isfinite(out.loss)
+
+
+def test_exact_kl_takes_each_state_s_kl_over_the_vocabulary(tiny_model_dir):
+    """kl_in="exact": token t's advantage is A − β·(K_{t+1} − b_t) (the sampled KL after t, its
+    leave-one-out group baseline), and the loss adds β·KL(π(·|s_t) ‖ π_ref(·|s_t)) per response
+    token, summed over the whole vocabulary from the full pass with the adapter on (at the row's
+    λ) and off, normalised like the surrogate; for whole groups (each prompt once) and any rows."""
+    module = build(tiny_model_dir, kl_in="exact").train()
+    token = build(tiny_model_dir, kl_in="token").train()
+    scored = module.score_rollout(prompt_batch(tiny_model_dir))
+    adv = module.advantages(scored).advantages
+    mask, n = scored.mask, len(scored)
+    log_ratio = (scored.logps - scored.ref_logps) * mask
+    after = torch.zeros_like(log_ratio)
+    after[:, :-1] = log_ratio.flip(-1).cumsum(-1).flip(-1)[:, 1:]
+    expected = torch.zeros_like(after)
+    for row in range(n):
+        group = range(3 * (row // 3), 3 * (row // 3) + 3)
+        for col in torch.nonzero(mask[row]).flatten().tolist():
+            others = [after[o, col] for o in group if o != row and mask[o, col]]
+            baseline = sum(others) / len(others) if others else 0.0
+            expected[row, col] = adv[row] - 0.2 * (after[row, col] - baseline)
+    tokens = module.token_advantages(scored, adv)
+    torch.testing.assert_close(tokens, expected)
+    r = scored.rollout
+    with torch.no_grad(), module.policy.preference(scored.preference):
+        logits = module.policy.model(
+            input_ids=r.sequences, attention_mask=r.attention_mask, position_ids=r.position_ids
+        ).logits[:, :-1]
+    with torch.no_grad(), module.policy.reference():
+        ref = module.policy.model(
+            input_ids=r.sequences, attention_mask=r.attention_mask, position_ids=r.position_ids
+        ).logits[:, :-1]
+    p, q = logits.log_softmax(-1), ref.log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    assert (kl[mask] > 0).all()
+    for index in (torch.tensor([4, 3, 5, 11, 10, 9]), torch.tensor([0, 7, 2])):
+        out = module.grpo_loss(scored, tokens, index)
+        surrogate = token.grpo_loss(scored, tokens, index).loss
+        m = mask[index].float()
+        torch.testing.assert_close(out.kl, (kl[index] * m).sum() / m.sum())
+        torch.testing.assert_close(out.loss, surrogate + 0.2 * out.kl)
+        # the KL term's gradient is that of the exact per-state KL (λ slots included)
+        module.zero_grad(set_to_none=True)
+        out.loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_token_kl_hand_value():
+    """p = (½, ½), q = (¼, ¾): KL = ½ ln 2 + ½ ln ⅔."""
+    logits = torch.log(torch.tensor([[0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.25, 0.75]]))
+    expected = 0.5 * math.log(2.0) + 0.5 * math.log(2.0 / 3.0)
+    torch.testing.assert_close(token_kl(logits, ref), torch.tensor([expected]))
+    assert token_kl(ref, ref).abs().max() < 1e-6
+
+
+def test_fixed_preference_grpo_samples_every_group_at_its_lambda(tiny_llama_dir):
+    """`FixedPreferenceGRPO`: every group of the rollout and the evaluation run at the one λ."""
+    from panacea_pl.baselines import FixedPreferenceGRPO
+
+    torch.manual_seed(0)
+    policy = PanaceaPolicy(str(tiny_llama_dir), adapter=PanaceaConfig(num_preferences=2))
+    module = FixedPreferenceGRPO(
+        policy, TokenShare(), preference=[0.3, 0.7], group_size=3, max_new_tokens=4
+    )
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    assert torch.equal(scored.preference, torch.tensor([[0.3, 0.7]]).expand(12, 2))
+    assert torch.equal(module.evaluation_preference(), torch.tensor([0.3, 0.7]))
+    with pytest.raises(ValueError):
+        FixedPreferenceGRPO(policy, TokenShare(), preference=[0.3, 0.3])

@@ -1,7 +1,8 @@
 """Plot the ceiling study's learning curves and print its table from results.jsonl.
 
-python experiments/ceiling/plot.py   # writes learning_curves.png (DPO) and
-                                     # ppo_learning_curves.png (PPO), prints Markdown
+python experiments/ceiling/plot.py   # writes learning_curves.png (DPO),
+                                     # ppo_learning_curves.png and rloo_learning_curves.png
+                                     # (single-λ PPO, RLOO), prints Markdown
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def plot(records: list[dict], target: Path, method: str = "dpo") -> None:
     axes[1].set_title("G on the reference draw (importance sampling, ±1 SE)")
     axes[2].set_title("KL(π‖π_ref) per response (sampled)")
     for ax in axes:
-        ax.set_xlabel("PPO iterations" if method == "ppo" else "optimiser steps")
+        ax.set_xlabel(f"{method.upper()} iterations" if method != "dpo" else "optimiser steps")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of the achievable gain G")
     axes[2].set_ylim(0, 1.5)
@@ -80,9 +81,9 @@ def plot(records: list[dict], target: Path, method: str = "dpo") -> None:
 
 
 def table(records: list[dict], method: str = "dpo") -> str:
-    """Markdown table of every training measurement of one method (PPO: steps are iterations,
-    and the tilt slope and correlation on the reference draw are shown too)."""
-    ppo = method == "ppo"
+    """Markdown table of every training measurement of one method (PPO, RLOO: steps are
+    iterations, and the tilt slope and correlation on the reference draw are shown too)."""
+    ppo = method != "dpo"
     tilt = " tilt slope | tilt corr |" if ppo else ""
     head = (
         f"| variant | λ | {'iteration' if ppo else 'step'} | G (sampled) | G (reference draw) |"
@@ -148,10 +149,11 @@ def main() -> None:
     plot(records, HERE / "learning_curves.png")
     print(table(records))
     print()
-    if curves(records, "ppo"):
-        plot(records, HERE / "ppo_learning_curves.png", "ppo")
-        print(table(records, "ppo"))
-        print()
+    for method in ("ppo", "rloo"):
+        if curves(records, method):
+            plot(records, HERE / f"{method}_learning_curves.png", method)
+            print(table(records, method))
+            print()
     print(mismatch_table(records))
     print()
     print(decompose_table(records))

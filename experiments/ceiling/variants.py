@@ -1,4 +1,5 @@
-"""The ceiling study's modules beyond the adapter: full fine-tuning of DPO and PPO at one λ
+"""The ceiling study's variants (`VARIANTS`: name → settings over `DEFAULTS`) and its modules
+beyond the adapter: full fine-tuning of DPO and PPO at one λ
 (`FullFineTune`), and single-λ PPO (`ppo_module`: `FixedPreferencePPO` with the
 panacea_ppo.yaml settings: rank-0 adapter by default, λ-conditioned critic with a rank-8 adapter
 and trained backbone, β = β_eff, 16 prompts × 8 responses per iteration, minibatch 32, 2 PPO
@@ -11,13 +12,73 @@ import functools
 
 import torch
 
-from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferencePPO
+from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferenceGRPO, FixedPreferencePPO
 from panacea_pl.benchmarks.stories import StoriesPolicy, StoriesPromptDataModule, StoriesReward
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.layers import PanaceaConfig
 from panacea_pl.models import PanaceaCritic
 from panacea_pl.models.logprobs import sequence_logprobs, token_logprobs
-from panacea_pl.objectives import LinearAdvantage
+from panacea_pl.objectives import LinearAdvantage, RLOOAdvantage
+
+CORNER, CENTRE = (1.0, 0.0), (0.5, 0.5)
+BETA = 1.25
+
+# name → settings; every variant is the dps.yaml recipe at one λ except for what it names.
+VARIANTS: dict[str, dict] = {
+    "dpo_r0_corner": {"lam": CORNER},
+    "dpo_r0_centre": {"lam": CENTRE},
+    "dpo_r8_corner": {"lam": CORNER, "num_general": 8},
+    "dpo_full_corner": {"lam": CORNER, "full": True, "lr": 5e-4},
+    "dpo_r0_corner_pool0.25": {"lam": CORNER, "pairs_per_prompt": 256},
+    "dpo_r0_corner_lr0.01": {"lam": CORNER, "lr": 0.01},
+    "dpo_r0_corner_pool4": {"lam": CORNER, "pairs_per_prompt": 4096},
+    "dpo_r8_centre": {"lam": CENTRE, "num_general": 8},
+    "dpo_r8_corner_lr0.0005": {"lam": CORNER, "num_general": 8, "lr": 5e-4},
+    "dpo_r0_centre_lr0.01": {"lam": CENTRE, "lr": 0.01},
+    "dpo_full_corner_lr5e-05": {"lam": CORNER, "full": True, "lr": 5e-5},
+    # 4× the distinct responses per prompt (and pairs, 4 per response as by default): coverage
+    "dpo_r0_corner_lr0.01_resp1024": {
+        "lam": CORNER,
+        "lr": 0.01,
+        "pair_responses_per_prompt": 1024,
+        "pairs_per_prompt": 4096,
+    },
+    # FixedPreferencePPO, the panacea_ppo.yaml recipe at one λ (constant lr, critic lr 0.001)
+    "ppo_r0_corner": {"method": "ppo", "lam": CORNER},
+    "ppo_full_corner": {"method": "ppo", "lam": CORNER, "full": True, "lr": 1e-4},
+    "ppo_full_corner_lr2e-05": {"method": "ppo", "lam": CORNER, "full": True, "lr": 2e-5},
+    "ppo_r8_corner": {"method": "ppo", "lam": CORNER, "num_general": 8},
+    "ppo_r8_corner_lr0.0005": {"method": "ppo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
+    "ppo_r0_centre": {"method": "ppo", "lam": CENTRE},
+    # FixedPreferenceGRPO, the panacea_grpo.yaml recipe (RLOO) at one λ; the KL in the reward
+    # (k1, sampled) or exact per state over the vocabulary (kl_in="exact")
+    "rloo_r0_corner": {"method": "rloo", "lam": CORNER},
+    "rloo_r0_corner_exact": {"method": "rloo", "lam": CORNER, "kl_in": "exact"},
+    "rloo_r0_corner_cosine240": {"method": "rloo", "lam": CORNER, "cosine": 240},
+    "rloo_r0_corner_cosine960": {"method": "rloo", "lam": CORNER, "cosine": 960},
+    "rloo_r0_corner_exact_cosine240": {
+        "method": "rloo",
+        "lam": CORNER,
+        "kl_in": "exact",
+        "cosine": 240,
+    },
+    "rloo_r8_corner_lr0.0005": {"method": "rloo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
+    "rloo_r8_corner_lr0.0005_exact": {
+        "method": "rloo",
+        "lam": CORNER,
+        "num_general": 8,
+        "lr": 5e-4,
+        "kl_in": "exact",
+    },
+}
+DEFAULTS = {
+    "method": "dpo",
+    "num_general": 0,
+    "full": False,
+    "lr": 0.002,
+    "pairs_per_prompt": 1024,
+    "pair_responses_per_prompt": 256,
+}
 
 
 class FullFineTune:
@@ -106,4 +167,32 @@ def ppo_module(policy: StoriesPolicy, s: dict, bench: StoriesBenchmark) -> tuple
         module = FullFineTunePPO(policy, reference_model=bench.load_model(), **kwargs)
     else:
         module = FixedPreferencePPO(policy, **kwargs)
+    return module, StoriesPromptDataModule(num_dimensions=2, batch_size=16)
+
+
+def rloo_module(policy: StoriesPolicy, s: dict, bench: StoriesBenchmark) -> tuple:
+    """FixedPreferenceGRPO with the panacea_grpo.yaml settings (RLOO, 16 prompts × 8 responses,
+    2 epochs in minibatches of 64 = 4 optimiser steps per iteration, constant lr), the KL as
+    `s["kl_in"]`, and its prompt data. `s["cosine"]`: the lr decays to 0 over that many
+    iterations (cosine) instead."""
+    schedule = None
+    if s.get("cosine"):
+        schedule = functools.partial(
+            torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4 * s["cosine"]
+        )
+    module = FixedPreferenceGRPO(
+        policy,
+        preference=list(s["lam"]),
+        reward=StoriesReward(num_dimensions=2),
+        advantage=RLOOAdvantage(),
+        aggregator=LinearAdvantage(),
+        group_size=8,
+        kl_coef=bench.beta_eff,
+        kl_in=s.get("kl_in", "reward"),
+        epochs=2,
+        minibatch_size=64,
+        max_new_tokens=bench.max_new_tokens,
+        optimizer=functools.partial(torch.optim.AdamW, lr=s["lr"], weight_decay=0.0, fused=True),
+        scheduler=schedule,
+    )
     return module, StoriesPromptDataModule(num_dimensions=2, batch_size=16)

@@ -80,10 +80,17 @@ class Row:
 
 
 def config_for(
-    m: int, method: str, steps: int, out: Path, samples_per_prompt: int, iterations: int = 0
+    m: int,
+    method: str,
+    steps: int,
+    out: Path,
+    samples_per_prompt: int,
+    iterations: int = 0,
+    cosine: bool = False,
 ) -> dict:
     """The demo config (an on-policy method: its own recipe) adapted to m dimensions, one
-    method, a fixed step (iteration) budget and `out`."""
+    method, a fixed step (iteration) budget and `out`; `cosine`: an on-policy method's learning
+    rate decays to 0 over its optimiser steps (cosine) instead of staying constant."""
     config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
     trainer, model = config["trainer"], config["model"]
     name = f"m{m}_{method}"
@@ -117,6 +124,11 @@ def config_for(
     if method == "panacea_rloo_token_kl":
         init["kl_in"] = "token"  # the KL still to come per token, leave-one-out baseline
     if method in ON_POLICY:
+        if cosine:
+            init["scheduler"] = {
+                "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "init_args": {"T_max": iterations * optimiser_steps_per_iteration(config)},
+            }
         return config
     init["scheduler"]["init_args"]["total_steps"] = steps
     if method == "panacea_tche":
@@ -140,6 +152,15 @@ def config_for(
             "num_threads": 1,
         }
     return config
+
+
+def optimiser_steps_per_iteration(config: dict) -> int:
+    """Optimiser steps of one on-policy iteration: passes × minibatches of the rollout."""
+    init = config["model"]["init_args"]
+    rows = config["data"]["init_args"]["batch_size"]
+    rows *= init.get("group_size") or init.get("samples_per_prompt") or 1
+    epochs = init.get("epochs") or init.get("ppo_epochs") or 1
+    return epochs * -(-rows // (init.get("minibatch_size") or rows))
 
 
 def run_panacea(config: dict, m: int, method: str) -> tuple[Row, dict[str, float]]:
@@ -261,8 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--samples-per-prompt", type=int, default=None, help="stories per λ and prompt"
     )
+    parser.add_argument(
+        "--cosine",
+        action="store_true",
+        help="PPO and RLOO: decay the learning rate to 0 over the run (cosine)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
     args = parser.parse_args(argv)
+    if args.cosine and not set(args.methods) <= {"panacea_ppo", "panacea_rloo"}:
+        parser.error("--cosine applies to panacea_ppo and panacea_rloo only")
     torch.set_num_threads(1)  # stories260K: one thread is fastest
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -278,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"=== m={m} {method}: {budget} ===", flush=True)
             samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
-            config = config_for(m, method, args.steps, args.out, samples, args.iterations)
+            config = config_for(
+                m, method, args.steps, args.out, samples, args.iterations, args.cosine
+            )
             if method.startswith("panacea"):
                 row, first = run_panacea(config, m, method)
                 if first:

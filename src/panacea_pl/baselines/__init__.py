@@ -7,7 +7,8 @@
 - DPS (discrete policy solutions): one model per λ of the grid, each trained with
   `FixedPreferenceDPO` at its λ with Panacea's budget; λ runs its own model (`DPSPolicy`).
 - DPS for RLHF / MORLHF: the same with `FixedPreferencePPO` members (PPO on λ·r − β·KL at one
-  λ); with `LagrangianAdvantage` it is safe-rlhf's PPO-Lagrangian.
+  λ); with `LagrangianAdvantage` it is safe-rlhf's PPO-Lagrangian. `FixedPreferenceGRPO` is the
+  critic-free member (GRPO / RLOO at one λ).
 - RS (rewarded soups, Ramé et al. 2023): one model per dimension, trained at λ = e_i; λ runs the
   weight interpolation Σ_i λ_i θ_i (`RewardedSoupsPolicy`).
 
@@ -26,6 +27,7 @@ from panacea_pl.baselines.collection import (
     load_members,
     read_adapter_state,
 )
+from panacea_pl.baselines.grpo import FixedPreferenceGRPO
 from panacea_pl.baselines.module import FixedPreferenceDPO
 from panacea_pl.baselines.ppo import FixedPreferencePPO
 from panacea_pl.baselines.runner import (
@@ -44,6 +46,7 @@ __all__ = [
     "DPSFront",
     "DPSPolicy",
     "FixedPreferenceDPO",
+    "FixedPreferenceGRPO",
     "FixedPreferencePPO",
     "Member",
     "RewardedSoupsFront",

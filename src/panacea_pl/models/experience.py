@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panacea_pl.models.generation import stop_ids
-from panacea_pl.models.logprobs import token_logprobs
 from panacea_pl.models.policy import PanaceaPolicy
 from panacea_pl.models.rollout import Rollout, sample_rollout
 from panacea_pl.rows import repeat_rows
@@ -100,6 +99,19 @@ def policy_token_logps(
     every consumer masks them with the action mask. The prompt's tokens still go through the
     body of the model, which the response attends to.
     """
+    logits = action_logits(policy, sequences, attention_mask, position_ids, first_action)
+    return padded_logps(logits, sequences, first_action)
+
+
+def action_logits(
+    policy: PanaceaPolicy,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    first_action: int = 0,
+) -> Tensor:
+    """[N, L − 1 − first_action, V] next-token logits of the actions from `first_action` on
+    (positions first_action … L − 2), under whatever λ is set on the adapter."""
     keep = sequences.shape[1] - first_action
     extra = {"logits_to_keep": keep} if first_action and _takes_logits_to_keep(policy.model) else {}
     logits = policy.model(
@@ -109,10 +121,24 @@ def policy_token_logps(
         use_cache=False,
         **extra,
     ).logits
-    if not first_action:
-        return token_logprobs(logits, sequences)
-    logps = token_logprobs(logits[:, -keep:], sequences[:, -keep:])
+    return logits[:, -keep:-1]
+
+
+def padded_logps(logits: Tensor, sequences: Tensor, first_action: int) -> Tensor:
+    """[N, L − 1] log-probs of the tokens that `action_logits` (from `first_action` on)
+    predict in `sequences`, 0 on the actions before `first_action`."""
+    targets = sequences[:, first_action + 1 :]
+    logps = -F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view_as(targets)
     return F.pad(logps, (first_action, 0))
+
+
+def token_kl(logits: Tensor, ref_logits: Tensor) -> Tensor:
+    """KL(softmax(logits) ‖ softmax(ref_logits)) at every position, summed over the whole
+    vocabulary: the exact per-state KL whose sampled estimate is log π/π_ref of one token."""
+    logp = logits.float().log_softmax(-1)
+    return (logp.exp() * (logp - ref_logits.float().log_softmax(-1))).sum(-1)
 
 
 def _takes_logits_to_keep(model: nn.Module) -> bool:
@@ -141,6 +167,15 @@ def shared_prompt_token_logps(
     back to the full pass for one response per prompt, λ that differs within a group, an empty
     response block, or a model whose forward takes no KV cache or `logits_to_keep`.
     """
+    logits, first = shared_prompt_action_logits(policy, rollout, group, preference)
+    return padded_logps(logits, rollout.sequences, first)
+
+
+def shared_prompt_action_logits(
+    policy: PanaceaPolicy, rollout: Rollout, group: int, preference: Tensor | None = None
+) -> tuple[Tensor, int]:
+    """(`action_logits` from the returned first action on, that first action): the pass of
+    `shared_prompt_token_logps`, each prompt once per group where it can (see there)."""
     sequences, attention_mask = rollout.sequences, rollout.attention_mask
     position_ids = rollout.position_ids
     n, length = sequences.shape
@@ -159,8 +194,9 @@ def shared_prompt_token_logps(
     )
     if not shareable:
         with nullcontext() if preference is None else policy.preference(preference):
-            args = (sequences, attention_mask, position_ids, rollout.first_action)
-            return policy_token_logps(policy, *args)
+            first = rollout.first_action
+            logits = action_logits(policy, sequences, attention_mask, position_ids, first)
+            return logits, first
     with nullcontext() if preference is None else policy.preference(preference[heads]):
         cached = policy.model(
             input_ids=sequences[heads, :prompt],
@@ -179,9 +215,8 @@ def shared_prompt_token_logps(
             use_cache=True,
             **{cache_arg: cache},
         ).logits
-    logits = torch.cat([cached.logits[:, -1:].repeat_interleave(group, 0), rest], 1)
-    logps = token_logprobs(logits, sequences[:, prompt - 1 :])
-    return F.pad(logps, (prompt - 1, 0))
+    heads_logits = cached.logits[:, -1:].repeat_interleave(group, 0)
+    return torch.cat([heads_logits, rest[:, :-1]], 1), prompt - 1
 
 
 # generate settings that keep a prompt cache valid (beams, assisted decoding or a caller's own

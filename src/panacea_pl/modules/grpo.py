@@ -21,6 +21,11 @@ One training step is one iteration on one batch of prompts:
    advantage is A − β·(Σ_{t'≥t} log π/π_ref(y_t') − b_t) (the KL still to come, as PPO's
    per-token penalty, with a leave-one-out group baseline b_t instead of a critic): an unbiased
    estimate of the same gradient that does not charge a token for the KL spent before it.
+   `kl_in="exact"`: the same objective and optimum, with the KL of each sampled state taken
+   exactly over the vocabulary: β·KL(π(·|s_t) ‖ π_ref(·|s_t)) per token in the loss (its
+   gradient is the per-state part of ∇KL, which "token" estimates from the one sampled token),
+   and β times the sampled KL after t (the states token t leads to) in its advantage. Costs a
+   reference forward per minibatch and the [rows, T, V] log-softmax of both models.
    `kl_in="loss"`: GRPO's k3 term β·k3 per token in the loss instead (its optimum is that of the
    forward KL; see `panacea_pl.objectives.grpo`).
 3. **Advantages** (`panacea_pl.objectives.group_advantage.GroupAdvantage`): per-dimension group
@@ -34,7 +39,8 @@ One training step is one iteration on one batch of prompts:
 **Logged** (`train/…`): per dimension `reward`, `objective` (r_i − β·KL̂), `advantage_std`
 (A_i's spread before aggregation), `weight`, `lambda/{dimension}`; `kl`, `objective`
 (Σ_i w_i (r_i − β·KL̂)), `reward_std` (mean within-group std of the weighted reward),
-`response_length`, `loss`, `clip_fraction`, `approx_kl`, `kl_loss` (k3, with `kl_in="loss"`),
+`response_length`, `loss`, `clip_fraction`, `approx_kl`, `kl_loss` (the loss's KL term per
+token: k3 with `kl_in="loss"`, the exact KL with "exact"),
 the aggregator's state. Validation rolls out at the simplex's centre (`val/kl`,
 `val/{dimension}/reward`, `val/{dimension}/objective`).
 
@@ -45,19 +51,23 @@ all-reduced every step (`manual_backward`) and Tchebycheff's running ideal point
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from panacea_pl.checks import check_integer, check_number
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.experience import (
     ScoredRollout,
+    action_logits,
     group_order,
-    policy_token_logps,
+    padded_logps,
     sample_and_score,
-    shared_prompt_token_logps,
+    shared_prompt_action_logits,
+    token_kl,
 )
 from panacea_pl.modules.on_policy import (
     OnPolicyModule,
@@ -84,7 +94,8 @@ class PanaceaGRPO(OnPolicyModule):
         group_size: G, responses per prompt, all at the prompt's λ (≥ 2).
         kl_coef: β, in reward units (stories benchmark: its `beta_eff`).
         kl_in: "reward" (β·KL̂ subtracted from every dimension's reward), "token" (β times the
-            KL to come subtracted from each token's advantage) or "loss" (k3 term).
+            KL to come subtracted from each token's advantage), "exact" (the exact per-state KL
+            in the loss, the KL after each token in its advantage) or "loss" (k3 term).
         clip_range: ε of the clipped ratio; `clip_range_high` the upper one (None: ε).
         clip_range_high: DAPO's clip-higher ε_high.
         loss_normalization: "token" (pooled over the minibatch's tokens) or "sequence".
@@ -105,7 +116,7 @@ class PanaceaGRPO(OnPolicyModule):
         aggregator: AdvantageAggregator | None = None,
         group_size: int = 8,
         kl_coef: float = 0.05,
-        kl_in: Literal["reward", "token", "loss"] = "reward",
+        kl_in: Literal["reward", "token", "exact", "loss"] = "reward",
         clip_range: float = 0.2,
         clip_range_high: float | None = None,
         loss_normalization: Literal["token", "sequence"] = "token",
@@ -131,12 +142,13 @@ class PanaceaGRPO(OnPolicyModule):
         check_integer("group_size", group_size, at_least=2, owner=owner)
         counts = dict(epochs=epochs, minibatch_size=minibatch_size, max_new_tokens=max_new_tokens)
         check_settings(owner, counts, dict(max_grad_norm=max_grad_norm))
-        if kl_in not in ("reward", "token", "loss"):
-            raise ValueError(f"{owner}: kl_in must be 'reward', 'token' or 'loss', got {kl_in!r}")
+        if kl_in not in ("reward", "token", "exact", "loss"):
+            raise ValueError(
+                f"{owner}: kl_in must be 'reward', 'token', 'exact' or 'loss', got {kl_in!r}"
+            )
         self.advantage = advantage if advantage is not None else GroupAdvantage()
-        self.policy_loss = GroupPolicyLoss(
-            clip_range, clip_range_high, loss_normalization, kl_coef if kl_in == "loss" else 0.0
-        )
+        in_loss = kl_coef if kl_in in ("loss", "exact") else 0.0
+        self.policy_loss = GroupPolicyLoss(clip_range, clip_range_high, loss_normalization, in_loss)
         self.kl_coef = kl_coef
         self.kl_in = kl_in
         self.group_size = group_size
@@ -184,11 +196,15 @@ class PanaceaGRPO(OnPolicyModule):
         """The advantages the loss sees: [N] per response, or with `kl_in="token"` [N, T] per
         token, A − β·(K_t − b_t): K_t the response's log π/π_ref from token t on, b_t the mean
         of K_t over the group's other responses that reach position t (a leave-one-out baseline:
-        it does not depend on the row's own tokens, so the gradient stays unbiased)."""
-        if self.kl_in != "token":
+        it does not depend on the row's own tokens, so the gradient stays unbiased). With
+        `kl_in="exact"` K_t counts from token t + 1 on: token t's own state is in the loss."""
+        if self.kl_in not in ("token", "exact"):
             return advantages
         mask = scored.mask.to(advantages.dtype)
-        to_come = ((scored.logps - scored.ref_logps) * mask).flip(-1).cumsum(-1).flip(-1)
+        log_ratio = (scored.logps - scored.ref_logps) * mask
+        to_come = log_ratio.flip(-1).cumsum(-1).flip(-1)
+        if self.kl_in == "exact":
+            to_come = to_come - log_ratio
         n, t, g = *to_come.shape, self.group_size
         grouped, present = to_come.view(-1, g, t), mask.view(-1, g, t)
         others = grouped.sum(1, keepdim=True) - grouped  # K is 0 where a response has ended
@@ -203,30 +219,52 @@ class PanaceaGRPO(OnPolicyModule):
 
     def grpo_loss(self, scored: ScoredRollout, advantages: Tensor, index: Tensor):
         """The loss of the rows `index` of a rollout under their λ (`GroupPolicyLoss` output)."""
-        logps = self.token_logps(scored, index)
+        if self.kl_in == "exact":
+            logps, kl = self.token_logps_and_kl(scored, index)
+        else:
+            logps, kl = self.token_logps(scored, index), None
         ref = scored.ref_logps[index] if self.kl_in == "loss" else None
         if scored.logps is None:  # one on-policy step over every row: π_old = π
             if index.numel() != len(scored):
                 raise ValueError("a rollout without log π_old allows one step over every row")
             scored.logps = torch.empty_like(logps).index_copy(0, index, logps.detach())
         old = scored.logps[index]
-        return self.policy_loss(logps, old, advantages[index], scored.mask[index], ref)
+        return self.policy_loss(logps, old, advantages[index], scored.mask[index], ref, kl)
 
     def token_logps(self, scored: ScoredRollout, index: Tensor) -> Tensor:
         """[len(index), T] log π of the rows `index` under their λ (with gradient). Where
         `index` holds whole groups, each group's prompt runs once (`shared_prompt_token_logps`;
         its gradient is the sum of the group's rows', as in the full pass)."""
+        logits, first = self._action_logits(scored, index, reference=False)
+        return padded_logps(logits, scored.rollout.sequences[index], first)
+
+    def token_logps_and_kl(self, scored: ScoredRollout, index: Tensor) -> tuple[Tensor, Tensor]:
+        """[len(index), T] log π and the exact KL(π(·|s_t) ‖ π_ref(·|s_t)) at each action of the
+        rows `index` (both with gradient; 0 on the prompt's actions)."""
+        logits, first = self._action_logits(scored, index, reference=False)
+        with torch.no_grad():
+            ref_logits, _ = self._action_logits(scored, index, reference=True)
+        kl = F.pad(token_kl(logits, ref_logits), (first, 0))
+        return padded_logps(logits, scored.rollout.sequences[index], first), kl
+
+    def _action_logits(self, scored: ScoredRollout, index: Tensor, reference: bool):
+        """(action logits of the rows `index`, in `index`'s order, and their first action) under
+        the rows' λ or, with `reference`, the adapter off; whole groups run each prompt once."""
         rollout, preference = scored.rollout, scored.preference
         grouped = group_order(index, self.group_size)
+        context = self.policy.reference() if reference else nullcontext()
         if grouped is None:
             rows = rollout.rows(index)
             args = (rows.sequences, rows.attention_mask, rows.position_ids, rows.first_action)
-            with self.policy.preference(preference[index]):
-                return policy_token_logps(self.policy, *args)
+            lam = nullcontext() if reference else self.policy.preference(preference[index])
+            with context, lam:
+                return action_logits(self.policy, *args), rows.first_action
         ordered, back = grouped
         rows = rollout.rows(ordered)
-        logps = shared_prompt_token_logps(self.policy, rows, self.group_size, preference[ordered])
-        return logps[back]
+        lam = None if reference else preference[ordered]
+        with context:
+            logits, first = shared_prompt_action_logits(self.policy, rows, self.group_size, lam)
+        return logits[back], first
 
     def optimise(self, scored: ScoredRollout, advantages: Tensor) -> dict[str, Tensor]:
         """`epochs` shuffled passes of minibatch steps; the means of the losses' parts."""

@@ -18,7 +18,11 @@ Per response token t of response j (ρ = π/π_old, A_j the response's advantage
 On the first pass over a rollout π = π_old and ρ = 1 (no clipping); later epochs over the same
 rollout (`PanaceaGRPO.epochs` > 1) are off-policy and the clip bounds the step.
 
-Which optimum the KL term targets: differentiated through log π on samples from π, the k3 term's
+With `token_kl` (the exact KL(π(·|s_t) ‖ π_ref(·|s_t)) over the vocabulary at each sampled
+state) in place of k3, the term's gradient is exactly the per-state part of ∇KL(π ‖ π_ref);
+`PanaceaGRPO(kl_in="exact")` adds the part through the states a token leads to in its advantage.
+
+Which optimum the k3 term targets: differentiated through log π on samples from π, the k3 term's
 expected gradient is that of KL(π_ref ‖ π) per token (the forward, mass-covering KL), not of
 KL(π ‖ π_ref); its maximiser is therefore not π_ref·exp(λ·r/β). Putting β·KL in the reward
 instead (`PanaceaGRPO(kl_in="reward")`) keeps the exact optimum π_ref·exp(λ·r/β).
@@ -45,7 +49,7 @@ class GroupPolicyLossOutput:
     loss: scalar to minimise.
     clip_fraction: share of response tokens whose ratio was clipped (detached).
     approx_kl: mean ½(log ρ)² per token, an estimate of KL(π_old ‖ π) (detached).
-    kl: mean k3 to the reference per token (detached; 0 without `ref_logps`).
+    kl: mean KL term per token, k3 or `token_kl` (detached; 0 without a KL term).
     """
 
     loss: Tensor
@@ -97,10 +101,13 @@ class GroupPolicyLoss(nn.Module):
         advantages: Tensor,
         mask: Tensor,
         ref_logps: Tensor | None = None,
+        token_kl: Tensor | None = None,
     ) -> GroupPolicyLossOutput:
         """`logps` [N, T] carries the gradient; `old_logps`, `ref_logps` [N, T] and
         `advantages` [N] (one per response) or [N, T] (one per token) are constants; `mask`
-        [N, T] marks the response tokens."""
+        [N, T] marks the response tokens. `token_kl` [N, T]: a per-token KL(π ‖ π_ref) with its
+        own gradient (the exact one over the vocabulary, `panacea_pl.models.experience.token_kl`)
+        that takes the k3 term's place."""
         log_ratio = logps - old_logps.detach()
         ratio = log_ratio.exp()
         adv = advantages.detach().to(logps.dtype)
@@ -109,11 +116,11 @@ class GroupPolicyLoss(nn.Module):
         per_token = -torch.minimum(ratio * adv, clipped * adv)
         kl = torch.zeros((), device=logps.device)
         if self.kl_coef:
-            if ref_logps is None:
-                raise ValueError("GroupPolicyLoss with kl_coef > 0 needs ref_logps")
-            k3 = k3_kl(logps, ref_logps)
-            per_token = per_token + self.kl_coef * k3
-            kl = self.normalize(k3.detach(), mask)
+            if token_kl is None and ref_logps is None:
+                raise ValueError("GroupPolicyLoss with kl_coef > 0 needs ref_logps or token_kl")
+            term = token_kl if token_kl is not None else k3_kl(logps, ref_logps)
+            per_token = per_token + self.kl_coef * term
+            kl = self.normalize(term.detach(), mask)
         with torch.no_grad():
             m = mask.to(logps.dtype)
             count = m.sum().clamp(min=1)
