@@ -364,13 +364,7 @@ def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_p
     """Greedy rollouts (so both runs see the same responses), one λ per prompt dealt like the
     prompts, sequence-level normalisation and the k3 term (greedy groups have equal rewards, so
     the KL is what moves the adapter): 2 ranks × 2 prompts train the weights 1 × 4 prompts do."""
-    settings = dict(
-        generation_kwargs={"do_sample": False},
-        kl_in="loss",
-        loss_normalization="sequence",
-        # SGD: Adam's first step g/(|g| + ε) would magnify float noise in near-zero gradients
-        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
-    )
+    settings = DDP_SETTINGS
     single = build(tiny_llama_dir, **settings)
     initial = {k: p.detach().clone() for k, p in single.named_parameters() if p.requires_grad}
     fit_ranks(single, tmp_path / "one", batch_size=4)
@@ -384,6 +378,49 @@ def test_two_ddp_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_p
     for key, value in one.items():
         torch.testing.assert_close(ranks[0][key], value, msg=lambda m, k=key: f"{k}: {m}")
         torch.testing.assert_close(ranks[1][key], value, msg=lambda m, k=key: f"{k}: {m}")
+
+
+DDP_SETTINGS = dict(
+    generation_kwargs={"do_sample": False},
+    kl_in="loss",
+    loss_normalization="sequence",
+    # SGD: Adam's first step g/(|g| + ε) would magnify float noise in near-zero gradients
+    optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+)
+
+
+def _fit_fsdp2(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
+    """One rank of a 2-process FSDP2 GRPO fit (2 prompts each); rank 0 saves the adapter."""
+    from panacea_pl.models.sharding import is_fully_sharded
+    from panacea_pl.strategies import FSDP2Strategy
+
+    tiny.as_launched_rank(rank, world, port)
+    module = build(Path(model_dir), **DDP_SETTINGS)
+    fit_ranks(module, Path(out), batch_size=2, devices=world, strategy=FSDP2Strategy())
+    assert is_fully_sharded(module.policy.model)
+    state = module.policy.adapter.state_dict()  # gathered from the shards on every rank
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in state.items()}, Path(out) / "adapter.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_fsdp2_processes_equal_one_with_the_global_batch(tiny_llama_dir, tmp_path):
+    """The DDP test's run with the policy sharded (FSDP2: the frozen base and the adapter, one
+    unit per decoder block): greedy generation steps every rank until all are done, and the
+    adapter after one iteration of 2 ranks × 2 prompts is that of 1 × 4 prompts."""
+    import torch.multiprocessing as mp
+
+    single = build(tiny_llama_dir, **DDP_SETTINGS)
+    initial = {k: v.clone() for k, v in single.policy.adapter.state_dict().items()}
+    fit_ranks(single, tmp_path / "one", batch_size=4)
+    one = single.policy.adapter.state_dict()
+    args = (2, tiny.free_port(), str(tiny_llama_dir), str(tmp_path / "two"))
+    mp.start_processes(_fit_fsdp2, args=args, nprocs=2, start_method="fork")
+    two = torch.load(tmp_path / "two" / "adapter.pt")
+    assert any(not torch.equal(initial[k], one[k]) for k in one)
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def test_token_kl_credits_each_token_with_the_kl_still_to_come(tiny_llama_dir):
