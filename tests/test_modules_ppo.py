@@ -342,6 +342,49 @@ def test_ddp_ranks_stay_identical(tiny_llama_dir, tmp_path):
     assert any(not torch.equal(initial[k], ranks[0][k]) for k in initial)
 
 
+def _fit_ppo_rank(rank: int, world: int, port: int, model_dir: str, out: str, strategy: str):
+    """One rank of a 2-process PPO fit under `strategy` ("ddp" or "fsdp2"); rank 0 saves the
+    policy's adapter and the critic's trained parameters (gathered from their shards)."""
+    from panacea_pl.models.sharding import is_fully_sharded
+    from panacea_pl.strategies import FSDP2Strategy
+
+    tiny.as_launched_rank(rank, world, port)
+    pl.seed_everything(0, verbose=False)
+    module = build(Path(model_dir), randomise=False, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    sharded = strategy == "fsdp2"
+    fit(module, Path(out), epochs=1, devices=world, strategy=FSDP2Strategy() if sharded else "ddp")
+    assert is_fully_sharded(module.policy.model) == sharded
+    assert is_fully_sharded(module.critic) == sharded
+    full = lambda v: v.full_tensor() if hasattr(v, "full_tensor") else v  # noqa: E731
+    critic = {k: full(p.detach()).clone() for k, p in module.critic.named_parameters()}
+    state = module.policy.adapter.state_dict() | {
+        f"critic.{k}": v for k, v in critic.items() if module.critic.get_parameter(k).requires_grad
+    }
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in state.items()}, Path(out) / "trained.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ppo_under_fsdp2_trains_what_ddp_trains(tiny_llama_dir, tmp_path):
+    """The policy and the critic sharded (FSDP2, one unit per decoder block) on 2 CPU processes:
+    sampling steps every rank until all are done, and one epoch trains the policy's adapter and
+    the critic to what DDP trains from the same seeds and prompts."""
+    import torch.multiprocessing as mp
+
+    for strategy in ("ddp", "fsdp2"):
+        args = (2, tiny.free_port(), str(tiny_llama_dir), str(tmp_path / strategy), strategy)
+        mp.start_processes(_fit_ppo_rank, args=args, nprocs=2, start_method="fork")
+    ddp, fsdp2 = (torch.load(tmp_path / s / "trained.pt") for s in ("ddp", "fsdp2"))
+    initial = build(tiny_llama_dir, randomise=False)
+    before = initial.policy.adapter.state_dict()
+    assert any(not torch.equal(before[k], ddp[k]) for k in before)
+    assert any(k.startswith("critic.value_head") for k in ddp)
+    assert ddp.keys() == fsdp2.keys()
+    for key, value in ddp.items():
+        torch.testing.assert_close(fsdp2[key], value, msg=lambda m, k=key: f"{k}: {m}")
+
+
 # ---- the stories benchmark: the front moves toward the optimum ------------------------------
 
 
