@@ -287,10 +287,19 @@ def test_clear_errors(tiny_llama_dir):
         module.score_rollout(prompt_batch(tiny_llama_dir), torch.ones(5, 2) / 2)
 
 
+FIXED_EXACT = [  # `FixedPreferenceGRPO`'s documented command, with the exact per-state KL
+    "--model.class_path=panacea_pl.baselines.FixedPreferenceGRPO",
+    "--model.init_args.preference=[1.0,0.0]",
+    "--model.init_args.kl_in=exact",
+]
+
+
 @pytest.mark.slow
-def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_path):
-    """`panacea-pl fit --config experiments/stories/panacea_grpo.yaml` with tiny overrides, in a
-    subprocess: exit 0, a checkpoint written, the per-dimension rewards logged."""
+@pytest.mark.parametrize("extra", [[], FIXED_EXACT], ids=["shipped", "fixed_lambda_exact_kl"])
+def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_path, extra):
+    """`panacea-pl fit --config experiments/stories/panacea_grpo.yaml` with tiny overrides (and
+    the fixed-λ, exact-KL variant the docs give), in a subprocess: exit 0, a checkpoint written,
+    the per-dimension rewards logged."""
     script = Path(sys.executable).with_name("panacea-pl")
     args = [
         str(script),
@@ -308,6 +317,7 @@ def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_pa
         "--model.init_args.minibatch_size=4",
         "--data.init_args.num_prompts=4",
         "--data.init_args.batch_size=4",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PANACEA_DATA_DIR": str(shared_data)}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -319,6 +329,11 @@ def test_shipped_grpo_config_fits_through_the_console_script(shared_data, tmp_pa
     assert any("panacea" in k for k in state["state_dict"])
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
     assert {"train/happy/reward", "train/sad/objective", "train/kl"} <= set().union(*rows)
+    if extra:  # the run's saved config is the fixed-λ module with the exact KL
+        config = next(tmp_path.rglob("config.yaml")).read_text()
+        assert "panacea_pl.baselines.FixedPreferenceGRPO" in config
+        assert "kl_in: exact" in config
+        assert any(float(r.get("train/kl_loss") or 0) > 0 for r in rows)  # the exact KL term
 
 
 class Strided(torch.utils.data.Sampler):

@@ -67,3 +67,21 @@ def test_every_script_prints_its_usage():
     results = json.loads(done.stdout.strip().splitlines()[-1])
     failed = {s: r for s, r in results.items() if r != [0, True]}
     assert not failed, "\n\n".join(f"{s}: {code}" for s, (code, _) in failed.items())
+
+
+def test_compare_cosine_decays_over_every_optimiser_step(tmp_path, monkeypatch):
+    """`compare.py --cosine`: PPO's and RLOO's cosine schedule spans their run's optimiser steps
+    (PPO 2 epochs × 128/32, RLOO 2 passes × 128/64 per iteration); other methods refuse it."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "compare_aggregations"))
+    import compare
+
+    def t_max(method: str, iterations: int):
+        config = compare.config_for(2, method, 400, tmp_path, 32, iterations, cosine=True)
+        return config["model"]["init_args"]["scheduler"]["init_args"]["T_max"]
+
+    assert t_max("panacea_rloo", 240) == 240 * 4
+    assert t_max("panacea_ppo", 120) == 120 * 8
+    plain = compare.config_for(2, "panacea_rloo", 400, tmp_path, 32, 240)
+    assert "scheduler" not in plain["model"]["init_args"]
+    with pytest.raises(SystemExit):
+        compare.main(["--cosine", "--methods", "dps", "--out", str(tmp_path)])

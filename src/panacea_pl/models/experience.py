@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panacea_pl.models.generation import stop_ids
+from panacea_pl.models.logprobs import target_logprobs
 from panacea_pl.models.policy import PanaceaPolicy
 from panacea_pl.models.rollout import Rollout, sample_rollout
 from panacea_pl.rows import repeat_rows
@@ -127,11 +128,7 @@ def action_logits(
 def padded_logps(logits: Tensor, sequences: Tensor, first_action: int) -> Tensor:
     """[N, L − 1] log-probs of the tokens that `action_logits` (from `first_action` on)
     predict in `sequences`, 0 on the actions before `first_action`."""
-    targets = sequences[:, first_action + 1 :]
-    logps = -F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view_as(targets)
-    return F.pad(logps, (first_action, 0))
+    return F.pad(target_logprobs(logits, sequences[:, first_action + 1 :]), (first_action, 0))
 
 
 def token_kl(logits: Tensor, ref_logits: Tensor) -> Tensor:

@@ -7,14 +7,17 @@ import torch.nn.functional as F
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """log p(input_ids[:, t] | input_ids[:, <t]) for t ≥ 1: shape [N, T − 1].
+    """log p(input_ids[:, t] | input_ids[:, <t]) for t ≥ 1: shape [N, T − 1]."""
+    return target_logprobs(logits[:, :-1], input_ids[:, 1:])
 
-    Uses cross-entropy per token, which never materialises the [N, T, V] log-softmax.
-    """
-    shifted = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[..., targets] for logits [N, T, V] already aligned with their
+    targets [N, T]. Uses cross-entropy per token, which never materialises the [N, T, V]
+    log-softmax."""
+    logits = logits.float()
     return -F.cross_entropy(
-        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     ).view_as(targets)
 
 

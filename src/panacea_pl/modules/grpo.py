@@ -233,7 +233,7 @@ class PanaceaGRPO(OnPolicyModule):
 
     def token_logps(self, scored: ScoredRollout, index: Tensor) -> Tensor:
         """[len(index), T] log π of the rows `index` under their λ (with gradient). Where
-        `index` holds whole groups, each group's prompt runs once (`shared_prompt_token_logps`;
+        `index` holds whole groups, each group's prompt runs once (`shared_prompt_action_logits`;
         its gradient is the sum of the group's rows', as in the full pass)."""
         logits, first = self._action_logits(scored, index, reference=False)
         return padded_logps(logits, scored.rollout.sequences[index], first)
