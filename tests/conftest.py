@@ -54,6 +54,17 @@ def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
     return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
 
 
+@pytest.fixture(scope="session")
+def panacea_cli():
+    """One `CLIServer` per test process: each `panacea-pl` command forked from an interpreter
+    that imported what the console script imports once (`cli_server`), not a new interpreter
+    paying seconds of imports. `panacea_cli.run(args, cwd=…, env=…)` -> (exit status, output)."""
+    from cli_server import CLIServer
+
+    with CLIServer() as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def forked_stories_env(tmp_path_factory, shared_data) -> Iterator[Path]:
     """The small stories benchmark built once here, so that forked processes only read it."""

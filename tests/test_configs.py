@@ -7,9 +7,6 @@ from __future__ import annotations
 import csv
 import importlib
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -231,16 +228,16 @@ def test_local_config_runs(config, in_run_dir):
 
 
 @pytest.mark.slow
-def test_local_grpo_config_runs_on_the_local_scorer(shared_data, stories_cache, tmp_path):
-    """The README's order through the `panacea-pl` console script, from a fresh folder: train
+def test_local_grpo_config_runs_on_the_local_scorer(
+    shared_data, stories_cache, tmp_path, panacea_cli
+):
+    """The README's order as `panacea-pl` commands (each in its own process, `panacea_cli`),
+    from a fresh folder: train
     the stories260K helpful + cost scorer (`reward_model/pku_local.yaml`, 2 steps), then
     Panacea-GRPO on the PKU prompts (`pku_saferlhf/panacea_grpo_local.yaml`, 2 iterations)
     reading that scorer at the path the config ships with: exit 0, a checkpoint, rewards logged
     per dimension, a Pareto sweep scored by the scorer."""
-    script = Path(sys.executable).with_name("panacea-pl")
     env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
         "PANACEA_DATA_DIR": str(shared_data),
         "PANACEA_CACHE_DIR": str(stories_cache),
         "WANDB_MODE": "offline",
@@ -252,13 +249,12 @@ def test_local_grpo_config_runs_on_the_local_scorer(shared_data, stories_cache, 
     ]
     csv_only = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
 
-    def panacea_pl(config: str, *extra: str) -> subprocess.CompletedProcess:
-        args = [str(script), "fit", "--config", str(EXPERIMENTS / config)]
+    def panacea_pl(config: str, *extra: str) -> None:
+        args = ["fit", "--config", str(EXPERIMENTS / config)]
         args += [f"--data.init_args.cache_dir={tmp_path / 'cache'}", *quiet, *extra]
-        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert_quiet(proc.stdout + proc.stderr)  # no traceback, no eval-mode warning, …
-        return proc
+        code, out = panacea_cli.run(args, cwd=tmp_path, env=env)
+        assert code == 0, out[-6000:]
+        assert_quiet(out)  # no traceback, no eval-mode warning, …
 
     # the scorer lands where the GRPO config looks for it (its CSV logger's save_dir and name)
     scorer_run = "runs/reward_model_local/pku_cost"

@@ -50,12 +50,14 @@ class Result:
         self.returncode, self.out = returncode, out
 
 
-_SERVER: list[CLIServer] = []  # the module's server, while the `workdir` fixture holds it
+_SERVER: list[tuple[CLIServer, dict]] = []  # the session's server and this module's variables
 
 
 def panacea_pl(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> Result:
-    """`panacea-pl ARGS` forked from the module's CLI server (see `cli_server`)."""
-    (server,) = _SERVER
+    """`panacea-pl ARGS` forked from the session's CLI server (see `cli_server`), with this
+    module's variables (the `workdir` fixture's) and `env`."""
+    ((server, module_env),) = _SERVER
+    env = {**module_env, **(env or {})}
     return Result(*server.run(list(args), cwd=cwd, env=env, timeout=timeout))
 
 
@@ -82,21 +84,22 @@ def assert_quiet(output: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_data):
+def workdir(tmp_path_factory, shared_data, panacea_cli):
     root = tmp_path_factory.mktemp("entry_points")
     stories_small.small_config(root / "small.yaml", max_steps=3)
     bigger = yaml.safe_load((root / "small.yaml").read_text())
     bigger["trainer"]["max_steps"] = 5
     (root / "small5.yaml").write_text(yaml.safe_dump(bigger))
     # set for this module's commands only: a later test's default stories cache stays the user's
+    env = {"PANACEA_CACHE_DIR": str(stories_small.cache_root(tmp_path_factory))}
+    if "PANACEA_DATA_DIR" not in os.environ:
+        env["PANACEA_DATA_DIR"] = str(shared_data)
     with pytest.MonkeyPatch.context() as patch:
-        if "PANACEA_DATA_DIR" not in os.environ:
-            patch.setenv("PANACEA_DATA_DIR", str(shared_data))
-        patch.setenv("PANACEA_CACHE_DIR", str(stories_small.cache_root(tmp_path_factory)))
-        with CLIServer() as server:  # started here: it inherits the variables set above
-            _SERVER.append(server)
-            yield root
-            _SERVER.clear()
+        for key, value in env.items():
+            patch.setenv(key, value)  # for the console script's own processes
+        _SERVER.append((panacea_cli, env))
+        yield root
+        _SERVER.clear()
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -213,12 +210,13 @@ def test_clear_errors(tiny_llama_dir):
 
 
 @pytest.mark.slow
-def test_shipped_online_dpo_config_fits_through_the_console_script(shared_data, tmp_path):
+def test_shipped_online_dpo_config_fits_through_the_console_script(
+    shared_data, tmp_path, panacea_cli
+):
     """`panacea-pl fit --config experiments/stories/panacea_online_dpo.yaml` with tiny overrides,
-    in a subprocess: exit 0, a checkpoint after the expected steps, per-dimension metrics."""
-    script = Path(sys.executable).with_name("panacea-pl")
+    in a process of its own (`panacea_cli`): exit 0, quiet, a checkpoint after the expected
+    steps, per-dimension metrics."""
     args = [
-        str(script),
         "fit",
         "--config",
         str(ROOT / "experiments" / "stories" / "panacea_online_dpo.yaml"),
@@ -233,10 +231,9 @@ def test_shipped_online_dpo_config_fits_through_the_console_script(shared_data, 
         "--data.init_args.num_prompts=4",
         "--data.init_args.batch_size=4",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PANACEA_DATA_DIR": str(shared_data)}
-    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_quiet(proc.stdout + proc.stderr)
+    code, out = panacea_cli.run(args, cwd=tmp_path, env={"PANACEA_DATA_DIR": str(shared_data)})
+    assert code == 0, out[-6000:]
+    assert_quiet(out)
     state = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
     assert state["global_step"] == 2  # one optimiser step per iteration
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)

@@ -85,3 +85,29 @@ def test_compare_cosine_decays_over_every_optimiser_step(tmp_path, monkeypatch):
     assert "scheduler" not in plain["model"]["init_args"]
     with pytest.raises(SystemExit):
         compare.main(["--cosine", "--methods", "dps", "--out", str(tmp_path)])
+
+
+def test_compare_set_changes_the_recipe_and_refuses_unknown_keys(tmp_path, monkeypatch, capsys):
+    """`compare.py --set KEY=VALUE`: the value (YAML) replaces the recipe's setting, and the
+    optimiser-step count (hence `--cosine`'s schedule) follows it; a misspelt key or section is
+    refused by name before anything trains."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "compare_aggregations"))
+    import compare
+
+    overrides = ["model.init_args.group_size=4", "data.init_args.batch_size=32"]
+    overrides += ["model.init_args.optimizer.init_args.lr=5e-4"]
+    config = compare.config_for(2, "panacea_rloo", 400, tmp_path, 32, 10, True, overrides)
+    init = config["model"]["init_args"]
+    assert init["group_size"] == 4 and config["data"]["init_args"]["batch_size"] == 32
+    assert init["optimizer"]["init_args"]["lr"] == 5e-4
+    assert init["scheduler"]["init_args"]["T_max"] == 10 * 2 * (32 * 4 // 64)
+    for bad, says in [
+        ("model.init_args.groupsize=4", "has no key 'groupsize'"),
+        ("model.nothing.x=1", "no section 'model.nothing'"),
+        ("group_size", "expected KEY=VALUE"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            compare.config_for(2, "panacea_rloo", 400, tmp_path, 32, 10, False, [bad])
+    with pytest.raises(SystemExit):
+        compare.main(["--methods", "panacea_rloo", "--set", "x.y=1", "--out", str(tmp_path)])
+    assert "no section 'x'" in capsys.readouterr().err

@@ -87,11 +87,14 @@ def config_for(
     samples_per_prompt: int,
     iterations: int = 0,
     cosine: bool = False,
+    overrides: list[str] = (),
 ) -> dict:
     """The demo config (an on-policy method: its own recipe) adapted to m dimensions, one
     method, a fixed step (iteration) budget and `out`; `cosine`: an on-policy method's learning
-    rate decays to 0 over its optimiser steps (cosine) instead of staying constant."""
+    rate decays to 0 over its optimiser steps (cosine) instead of staying constant;
+    `overrides`: `KEY=VALUE` settings of the recipe (`apply_overrides`)."""
     config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
+    apply_overrides(config, list(overrides))
     trainer, model = config["trainer"], config["model"]
     name = f"m{m}_{method}"
     if method in ON_POLICY:
@@ -152,6 +155,41 @@ def config_for(
             "num_threads": 1,
         }
     return config
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """`KEY=VALUE` settings (a dotted path into the config, a YAML value) set on `config`, e.g.
+    `model.init_args.group_size=4`; an unknown key is an error, not a silent new setting."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. model.init_args.lr=0.001")
+        *parents, leaf = key.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                where = ".".join(parents[: i + 1])
+                raise ValueError(f"--set {item!r}: the config has no section {where!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(
+                f"--set {item!r}: {'.'.join(parents) or 'the config'} has no key {leaf!r} "
+                f"(it has: {', '.join(sorted(node))})"
+            )
+        node[leaf] = _yaml_value(text)
+    return config
+
+
+def _yaml_value(text: str):
+    """`text` as YAML, except that a number PyYAML (YAML 1.1) reads as a string, like `5e-4`,
+    is a float."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def optimiser_steps_per_iteration(config: dict) -> int:
@@ -287,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="PPO and RLOO: decay the learning rate to 0 over the run (cosine)",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        nargs="+",
+        default=[],
+        help="change a recipe setting, e.g. model.init_args.group_size=4 (dotted path, YAML "
+        "value); the table's method name lists them",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
     args = parser.parse_args(argv)
     if args.cosine and not set(args.methods) <= {"panacea_ppo", "panacea_rloo"}:
@@ -306,15 +353,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"=== m={m} {method}: {budget} ===", flush=True)
             samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
-            config = config_for(
-                m, method, args.steps, args.out, samples, args.iterations, args.cosine
-            )
+            try:
+                config = config_for(
+                    m, method, args.steps, args.out, samples, args.iterations, args.cosine,
+                    args.overrides,
+                )
+            except ValueError as error:
+                parser.error(f"{method}: {error}")
+            label = f"{method} [{', '.join(args.overrides)}]" if args.overrides else method
             if method.startswith("panacea"):
-                row, first = run_panacea(config, m, method)
+                row, first = run_panacea(config, m, label)
                 if first:
                     base[m] = first
             else:
-                row = run_baseline(config, m, method)
+                row = run_baseline(config, m, label)
             rows.append(row)
             print(
                 f"=== m={m} {method}: HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
