@@ -355,7 +355,13 @@ def main(argv: list[str] | None = None) -> int:
             samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
             try:
                 config = config_for(
-                    m, method, args.steps, args.out, samples, args.iterations, args.cosine,
+                    m,
+                    method,
+                    args.steps,
+                    args.out,
+                    samples,
+                    args.iterations,
+                    args.cosine,
                     args.overrides,
                 )
             except ValueError as error:
