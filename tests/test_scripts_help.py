@@ -111,3 +111,13 @@ def test_compare_set_changes_the_recipe_and_refuses_unknown_keys(tmp_path, monke
     with pytest.raises(SystemExit):
         compare.main(["--methods", "panacea_rloo", "--set", "x.y=1", "--out", str(tmp_path)])
     assert "no section 'x'" in capsys.readouterr().err
+    # RLOO's recipe has no critic_lr: refused before PPO, the first method, trains
+    def trains(*args):
+        raise AssertionError("a method trained before every --set was checked")
+
+    monkeypatch.setattr(compare, "run_panacea", trains)
+    out = tmp_path / "never_written"
+    command = ["--dims", "2", "--methods", "panacea_ppo", "panacea_rloo"]
+    with pytest.raises(SystemExit):
+        compare.main([*command, "--set", "model.init_args.critic_lr=0.002", "--out", str(out)])
+    assert "panacea_rloo: --set" in capsys.readouterr().err and not out.exists()

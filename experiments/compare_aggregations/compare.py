@@ -339,49 +339,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.cosine and not set(args.methods) <= {"panacea_ppo", "panacea_rloo"}:
         parser.error("--cosine applies to panacea_ppo and panacea_rloo only")
     torch.set_num_threads(1)  # stories260K: one thread is fastest
+
+    # at m = 10 only Panacea-LS runs (DPS would need 55 models)
+    runs = [(m, x) for m in args.dims for x in (args.methods if m <= 3 else ["panacea_ls"])]
+    configs = {}
+    for m, method in runs:  # every config built (and every --set checked) before anything trains
+        samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
+        try:
+            configs[m, method] = config_for(
+                m,
+                method,
+                args.steps,
+                args.out,
+                samples,
+                args.iterations,
+                args.cosine,
+                args.overrides,
+            )
+        except ValueError as error:
+            parser.error(f"{method}: {error}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows: list[Row] = []
     base: dict[int, dict[str, float]] = {}
-    for m in args.dims:
-        methods = args.methods if m <= 3 else ["panacea_ls"]
-        for method in methods:
-            budget = (
-                f"{args.iterations} iterations"
-                if method in ON_POLICY
-                else f"{args.steps} steps per model"
-            )
-            print(f"=== m={m} {method}: {budget} ===", flush=True)
-            samples = args.samples_per_prompt or SAMPLES_PER_PROMPT[m]
-            try:
-                config = config_for(
-                    m,
-                    method,
-                    args.steps,
-                    args.out,
-                    samples,
-                    args.iterations,
-                    args.cosine,
-                    args.overrides,
-                )
-            except ValueError as error:
-                parser.error(f"{method}: {error}")
-            label = f"{method} [{', '.join(args.overrides)}]" if args.overrides else method
-            if method.startswith("panacea"):
-                row, first = run_panacea(config, m, label)
-                if first:
-                    base[m] = first
-            else:
-                row = run_baseline(config, m, label)
-            rows.append(row)
-            print(
-                f"=== m={m} {method}: HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
-                f"mean regret {row.metrics.get('mean_regret', 0):.4f}, {row.steps} steps, "
-                f"{row.seconds / 60:.1f} min ===",
-                flush=True,
-            )
-            write_table(rows, base, args.out)  # after every run: nothing lost on a crash
-            gc.collect()
+    for m, method in runs:
+        budget = (
+            f"{args.iterations} iterations"
+            if method in ON_POLICY
+            else f"{args.steps} steps per model"
+        )
+        print(f"=== m={m} {method}: {budget} ===", flush=True)
+        config = configs[m, method]
+        label = f"{method} [{', '.join(args.overrides)}]" if args.overrides else method
+        if method.startswith("panacea"):
+            row, first = run_panacea(config, m, label)
+            if first:
+                base[m] = first
+        else:
+            row = run_baseline(config, m, label)
+        rows.append(row)
+        print(
+            f"=== m={m} {method}: HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
+            f"mean regret {row.metrics.get('mean_regret', 0):.4f}, {row.steps} steps, "
+            f"{row.seconds / 60:.1f} min ===",
+            flush=True,
+        )
+        write_table(rows, base, args.out)  # after every run: nothing lost on a crash
+        gc.collect()
     table = write_table(rows, base, args.out)
     plot = plot_m2(rows, args.out)
     print(table.read_text())
