@@ -111,6 +111,7 @@ def test_compare_set_changes_the_recipe_and_refuses_unknown_keys(tmp_path, monke
     with pytest.raises(SystemExit):
         compare.main(["--methods", "panacea_rloo", "--set", "x.y=1", "--out", str(tmp_path)])
     assert "no section 'x'" in capsys.readouterr().err
+
     # RLOO's recipe has no critic_lr: refused before PPO, the first method, trains
     def trains(*args):
         raise AssertionError("a method trained before every --set was checked")
