@@ -30,8 +30,11 @@ from pathlib import Path
 class CLIServer:
     """A subprocess that forks one child per `panacea-pl` command (see the module docstring)."""
 
-    def __init__(self, env: dict[str, str] | None = None):
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    def __init__(self, env: dict[str, str] | None = None, base_env: dict[str, str] | None = None):
+        """`base_env` (default: `os.environ` now) with one thread and `env` on top: the
+        server's environment, which every command inherits before its own `env`."""
+        base = os.environ if base_env is None else base_env
+        self.env = {**base, "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.count = 0
         self.logs = Path(tempfile.mkdtemp(prefix="panacea_cli_"))

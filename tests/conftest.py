@@ -18,6 +18,10 @@ import torch  # noqa: E402
 
 import tiny  # noqa: E402
 
+#: The environment as the session starts: what the session's CLI server inherits, whichever
+#: module's patched variables are in force when a test first asks for it.
+SESSION_ENV = dict(os.environ)
+
 # The test models are tiny: one thread is faster than two, and immune to a busy second core.
 torch.set_num_threads(1)
 
@@ -61,7 +65,7 @@ def panacea_cli():
     paying seconds of imports. `panacea_cli.run(args, cwd=…, env=…)` -> (exit status, output)."""
     from cli_server import CLIServer
 
-    with CLIServer() as server:
+    with CLIServer(base_env=SESSION_ENV) as server:
         yield server
 
 

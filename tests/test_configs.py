@@ -232,8 +232,8 @@ def test_local_grpo_config_runs_on_the_local_scorer(
     shared_data, stories_cache, tmp_path, panacea_cli
 ):
     """The README's order as `panacea-pl` commands (each in its own process, `panacea_cli`),
-    from a fresh folder: train
-    the stories260K helpful + cost scorer (`reward_model/pku_local.yaml`, 2 steps), then
+    from a fresh folder: train the stories260K helpful + cost scorer
+    (`reward_model/pku_local.yaml`, 2 steps), then
     Panacea-GRPO on the PKU prompts (`pku_saferlhf/panacea_grpo_local.yaml`, 2 iterations)
     reading that scorer at the path the config ships with: exit 0, a checkpoint, rewards logged
     per dimension, a Pareto sweep scored by the scorer."""

@@ -24,6 +24,7 @@ import gc
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +88,14 @@ def config_for(
     samples_per_prompt: int,
     iterations: int = 0,
     cosine: bool = False,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
 ) -> dict:
     """The demo config (an on-policy method: its own recipe) adapted to m dimensions, one
     method, a fixed step (iteration) budget and `out`; `cosine`: an on-policy method's learning
     rate decays to 0 over its optimiser steps (cosine) instead of staying constant;
     `overrides`: `KEY=VALUE` settings of the recipe (`apply_overrides`)."""
     config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
-    apply_overrides(config, list(overrides))
+    apply_overrides(config, overrides)
     trainer, model = config["trainer"], config["model"]
     name = f"m{m}_{method}"
     if method in ON_POLICY:
@@ -157,7 +158,7 @@ def config_for(
     return config
 
 
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
+def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
     """`KEY=VALUE` settings (a dotted path into the config, a YAML value) set on `config`, e.g.
     `model.init_args.group_size=4`; an unknown key is an error, not a silent new setting."""
     for item in overrides:
