@@ -26,6 +26,7 @@ from panacea_pl.models.experience import (
     token_kl,
 )
 from panacea_pl.modules import PanaceaGRPO
+from panacea_pl.modules.on_policy import minibatches
 from panacea_pl.objectives import RLOOAdvantage, TchebycheffAdvantage
 from panacea_pl.rows import repeat_rows
 from test_modules_ppo import SaveParameters, TokenShare, fit_on_prompts, prompt_batch, prompt_rows
@@ -212,6 +213,44 @@ def test_the_loss_pass_runs_each_prompt_once_for_whole_groups(tiny_model_dir):
     torch.testing.assert_close(shared[mask[index]], alone[mask[index]])
     for key, grad in alone_grads.items():
         torch.testing.assert_close(shared_grads[key], grad, msg=key)
+
+
+def test_minibatches_of_a_multiple_of_the_group_hold_whole_groups():
+    """`minibatches(group=G)`: each pass covers every row once, in chunks of whole groups of G
+    consecutive rows, shuffled by group; a size that G does not divide shuffles rows."""
+    torch.manual_seed(0)
+    chunks = list(minibatches(24, 8, 2, torch.device("cpu"), group=4))
+    assert [len(c) for c in chunks] == [8] * 6
+    for p in range(2):
+        assert sorted(torch.cat(chunks[3 * p : 3 * p + 3]).tolist()) == list(range(24))
+    for chunk in chunks:
+        for start in chunk.view(-1, 4)[:, 0].tolist():
+            assert start % 4 == 0
+        offsets = chunk.view(-1, 4) - chunk.view(-1, 4)[:, :1]
+        assert torch.equal(offsets, torch.arange(4).expand(2, 4))
+    heads = torch.cat(chunks[:3]).view(-1, 4)[:, 0].tolist()
+    assert heads != sorted(heads)  # groups shuffled
+    rows = torch.cat(list(minibatches(24, 6, 1, torch.device("cpu"), group=4)))  # 6 % 4 != 0
+    assert sorted(rows.tolist()) == list(range(24))
+    assert any(group_order(c, 4) is None for c in minibatches(24, 8, 3, torch.device("cpu")))
+
+
+def test_grpo_minibatches_run_each_prompt_once(tiny_llama_dir, monkeypatch):
+    """A GRPO step over minibatches of whole groups takes the shared-prompt pass (two prompts'
+    blocks, then their rows' responses) for every minibatch."""
+    module = build(tiny_llama_dir, group_size=3, minibatch_size=6, epochs=1)
+    scored = module.score_rollout(prompt_batch(tiny_llama_dir))
+    advantages = module.advantages(scored).advantages
+    shapes = []
+    hook = module.policy.model.register_forward_pre_hook(
+        lambda _, a, kw: shapes.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    steps = []
+    monkeypatch.setattr("panacea_pl.modules.on_policy.optimizer_step", lambda *a: steps.append(1))
+    module.optimise(scored, advantages)
+    hook.remove()
+    assert len(steps) == len(scored) // 6
+    assert shapes == [2, 6] * len(steps)
 
 
 def test_one_on_policy_step_with_the_kl_in_the_loss_skips_the_old_logps_pass(tiny_llama_dir):

@@ -33,8 +33,10 @@ One training step is one iteration on one batch of prompts:
    (`LinearAdvantage`, `TchebycheffAdvantage`), optionally divided by the group's std.
 4. **Updates.** `epochs` shuffled passes over the rollout in minibatches of `minibatch_size`
    rows, GRPO's clipped surrogate (`GroupPolicyLoss`), one optimiser step each (manual
-   optimisation). `trainer.global_step` counts optimiser steps. A minibatch of whole groups
-   (the whole rollout, by default) runs each prompt once (`token_logps`).
+   optimisation). `trainer.global_step` counts optimiser steps. Where `minibatch_size` is a
+   multiple of G the passes shuffle whole groups, and a minibatch of whole groups (the whole
+   rollout, by default) runs each prompt once (`token_logps`): with the stories benchmark's
+   26-token prompts and 48-token stories, a third fewer tokens per update.
 
 **Logged** (`train/…`): per dimension `reward`, `objective` (r_i − β·KL̂), `advantage_std`
 (A_i's spread before aggregation), `weight`, `lambda/{dimension}`; `kl`, `objective`
@@ -100,7 +102,8 @@ class PanaceaGRPO(OnPolicyModule):
         clip_range_high: DAPO's clip-higher ε_high.
         loss_normalization: "token" (pooled over the minibatch's tokens) or "sequence".
         epochs: passes over each rollout (GRPO's μ; > 1 makes the clip bind).
-        minibatch_size: rows per optimiser step (None: the whole rollout).
+        minibatch_size: rows per optimiser step (None: the whole rollout); a multiple of G
+            keeps groups whole (each prompt runs once per step).
         max_new_tokens: response budget.
         max_grad_norm: clip each step's gradient norm (None: no clipping).
         generation_kwargs: extra `generate` settings (other than ancestral: off-policy).
@@ -276,7 +279,9 @@ class PanaceaGRPO(OnPolicyModule):
 
         n = len(scored)
         size = self.minibatch_size or n
-        return self.optimise_minibatches(n, size, self.epochs, loss_of, self.max_grad_norm)
+        return self.optimise_minibatches(
+            n, size, self.epochs, loss_of, self.max_grad_norm, group=self.group_size
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         rows = batch["input_ids"].shape[0] * self.group_size

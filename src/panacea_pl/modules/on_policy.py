@@ -70,13 +70,15 @@ class OnPolicyModule(PanaceaModule):
         epochs: int,
         loss_of: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]],
         max_grad_norm: float | None,
+        group: int = 1,
     ) -> dict[str, Tensor]:
-        """`epochs` shuffled passes over `rows` rows in minibatches of `size`, one optimiser
-        step each on `loss_of(index)` (plus the orthogonality term); returns the mean over the
-        steps of the loss and of the other parts `loss_of` reports."""
+        """`epochs` shuffled passes over `rows` rows in minibatches of `size` (of whole groups
+        of `group` consecutive rows where `size` is a multiple of it: see `minibatches`), one
+        optimiser step each on `loss_of(index)` (plus the orthogonality term); returns the mean
+        over the steps of the loss and of the other parts `loss_of` reports."""
         totals: dict[str, Tensor] = {}
         steps = 0
-        for index in minibatches(rows, size, epochs, self.device):
+        for index in minibatches(rows, size, epochs, self.device, group):
             loss, parts = loss_of(index)
             if self.orthogonality_weight:
                 loss = loss + self.orthogonality_weight * self.policy.adapter.orthogonality_loss()
@@ -183,9 +185,21 @@ def optimizer_step(
         scheduler.step()
 
 
-def minibatches(n: int, size: int, epochs: int, device: torch.device) -> Iterator[Tensor]:
-    """Row indices of `epochs` passes over n rows, each pass shuffled, in chunks of `size`."""
+def minibatches(
+    n: int, size: int, epochs: int, device: torch.device, group: int = 1
+) -> Iterator[Tensor]:
+    """Row indices of `epochs` passes over n rows, each pass shuffled, in chunks of `size`.
+
+    With `group` > 1 dividing both `size` and n, the pass shuffles whole groups of `group`
+    consecutive rows (rows g·j … g·j + group − 1) and a chunk holds size / group of them, so a
+    minibatch of a GRPO rollout runs each of its prompts once (`shared_prompt_action_logits`);
+    otherwise rows are shuffled one by one."""
+    whole_groups = group > 1 and size % group == 0 and n % group == 0
     for _ in range(epochs):
-        order = torch.randperm(n, device=device)
+        if whole_groups:
+            heads = torch.randperm(n // group, device=device)[:, None] * group
+            order = (heads + torch.arange(group, device=device)).flatten()
+        else:
+            order = torch.randperm(n, device=device)
         for start in range(0, n, size):
             yield order[start : start + size]
