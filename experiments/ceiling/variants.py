@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict] = {
     "ppo_r8_corner": {"method": "ppo", "lam": CORNER, "num_general": 8},
     "ppo_r8_corner_lr0.0005": {"method": "ppo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
     "ppo_r0_centre": {"method": "ppo", "lam": CENTRE},
-    # FixedPreferenceGRPO, the panacea_grpo.yaml recipe (RLOO) at one λ; the KL in the reward
+    # FixedPreferenceGRPO, the two-pass panacea_grpo.yaml recipe (RLOO) at one λ; KL in the reward
     # (k1, sampled) or exact per state over the vocabulary (kl_in="exact")
     "rloo_r0_corner": {"method": "rloo", "lam": CORNER},
     "rloo_r0_corner_exact": {"method": "rloo", "lam": CORNER, "kl_in": "exact"},
@@ -171,8 +171,9 @@ def ppo_module(policy: StoriesPolicy, s: dict, bench: StoriesBenchmark) -> tuple
 
 
 def rloo_module(policy: StoriesPolicy, s: dict, bench: StoriesBenchmark) -> tuple:
-    """FixedPreferenceGRPO with the panacea_grpo.yaml settings (RLOO, 16 prompts × 8 responses,
-    2 epochs in minibatches of 64 = 4 optimiser steps per iteration, constant lr), the KL as
+    """FixedPreferenceGRPO with the settings panacea_grpo.yaml had when this study ran (RLOO,
+    16 prompts × 8 responses, 2 epochs in minibatches of 64 = 4 optimiser steps per iteration,
+    constant lr; the recipe now makes one pass in minibatches of 32), the KL as
     `s["kl_in"]`, and its prompt data. `s["cosine"]`: the lr decays to 0 over that many
     iterations (cosine) instead."""
     schedule = None
