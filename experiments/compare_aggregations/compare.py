@@ -89,11 +89,14 @@ def config_for(
     iterations: int = 0,
     cosine: bool = False,
     overrides: Sequence[str] = (),
+    ema: float | None = None,
 ) -> dict:
     """The demo config (an on-policy method: its own recipe) adapted to m dimensions, one
     method, a fixed step (iteration) budget and `out`; `cosine`: an on-policy method's learning
     rate decays to 0 over its optimiser steps (cosine) instead of staying constant;
-    `overrides`: `KEY=VALUE` settings of the recipe (`apply_overrides`)."""
+    `overrides`: `KEY=VALUE` settings of the recipe (`apply_overrides`); `ema`: evaluate an
+    exponential moving average of the trained weights with this decay per optimiser step
+    (`panacea_pl.callbacks.TrainableEMA`)."""
     config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
     apply_overrides(config, overrides)
     trainer, model = config["trainer"], config["model"]
@@ -119,6 +122,9 @@ def config_for(
         },
     ]
     sweep = trainer["callbacks"][0]["init_args"]
+    if ema is not None:
+        average = {"class_path": "panacea_pl.callbacks.TrainableEMA", "init_args": {"decay": ema}}
+        trainer["callbacks"].append(average)
     config["num_preferences"] = m  # the components say ${panacea.num_preferences:}
     sweep["evaluator"]["init_args"].update(samples_per_prompt=samples_per_prompt)
     sweep.update(
@@ -335,10 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         help="change a recipe setting, e.g. model.init_args.group_size=4 (dotted path, YAML "
         "value); the table's method name lists them",
     )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="Panacea methods: train as usual, evaluate an exponential moving average of the "
+        "trained weights (decay per optimiser step, e.g. 0.995)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
     args = parser.parse_args(argv)
     if args.cosine and not set(args.methods) <= {"panacea_ppo", "panacea_rloo"}:
         parser.error("--cosine applies to panacea_ppo and panacea_rloo only")
+    if args.ema is not None and not all(x.startswith("panacea") for x in args.methods):
+        parser.error("--ema applies to the Panacea methods only (one model each)")
     torch.set_num_threads(1)  # stories260K: one thread is fastest
 
     # at m = 10 only Panacea-LS runs (DPS would need 55 models)
@@ -356,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.iterations,
                 args.cosine,
                 args.overrides,
+                args.ema,
             )
         except ValueError as error:
             parser.error(f"{method}: {error}")
@@ -371,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"=== m={m} {method}: {budget} ===", flush=True)
         config = configs[m, method]
-        label = f"{method} [{', '.join(args.overrides)}]" if args.overrides else method
+        settings = [*args.overrides, *([f"ema {args.ema}"] if args.ema is not None else [])]
+        label = f"{method} [{', '.join(settings)}]" if settings else method
         if method.startswith("panacea"):
             row, first = run_panacea(config, m, label)
             if first:

@@ -1,5 +1,6 @@
-"""Callbacks: Pareto sweeps over the simplex."""
+"""Callbacks: Pareto sweeps over the simplex; an average of the trained weights."""
 
 from panacea_pl.callbacks.pareto_sweep import ParetoSweep
+from panacea_pl.callbacks.weight_average import TrainableEMA
 
-__all__ = ["ParetoSweep"]
+__all__ = ["ParetoSweep", "TrainableEMA"]
