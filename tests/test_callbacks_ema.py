@@ -104,6 +104,8 @@ def test_validation_sees_the_average_and_training_goes_on_from_the_raw_weights(t
     a4 = 4 / 13 * a3 + 9 / 13 * -4
     assert module.seen_in_validation[1] == pytest.approx(a4)
     assert value(module.w) == pytest.approx(a4)
+    ema.load_final_raw(module)  # the raw weights fit ended with
+    assert value(module.w) == pytest.approx(-4.0)
 
 
 @pytest.mark.filterwarnings("ignore:.*when using `ckpt_path`:UserWarning")
@@ -149,6 +151,8 @@ def test_bad_settings_say_what_was_expected():
         TrainableEMA(decay=1.0)
     with pytest.raises(ValueError, match="start_step must be >= 0, got -1"):
         TrainableEMA(start_step=-1)
+    with pytest.raises(RuntimeError, match="no fit has ended with this callback"):
+        TrainableEMA().load_final_raw(Slope())
 
 
 def test_resuming_a_module_that_trains_other_parameters_names_them(tmp_path):

@@ -208,20 +208,32 @@ def optimiser_steps_per_iteration(config: dict) -> int:
     return epochs * -(-rows // (init.get("minibatch_size") or rows))
 
 
-def run_panacea(config: dict, m: int, method: str) -> tuple[Row, dict[str, float]]:
-    from panacea_pl.callbacks import ParetoSweep
+def run_panacea(config: dict, m: int, method: str) -> tuple[list[Row], dict[str, float]]:
+    """Train one Panacea module and sweep it; with a `TrainableEMA` callback the sweep is of the
+    average and a second row sweeps the raw weights on the same draws (a paired comparison)."""
+    from panacea_pl.callbacks import ParetoSweep, TrainableEMA
     from panacea_pl.cli import run_lightning_cli
+    from panacea_pl.preference import simplex_grid
 
     path = _write(config)
     start = time.perf_counter()
     cli = run_lightning_cli(["fit", "--config", str(path)])
     seconds = time.perf_counter() - start
-    sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
-    row = Row(
-        m, method, dict(sweep.last_metrics), 1, cli.trainer.global_step, seconds, sweep.last_result
-    )
     path.unlink()
-    return row, dict(sweep.first_metrics)
+    trainer, module = cli.trainer, cli.model
+    sweep = next(c for c in trainer.callbacks if isinstance(c, ParetoSweep))
+    rows = [
+        Row(m, method, dict(sweep.last_metrics), 1, trainer.global_step, seconds, sweep.last_result)
+    ]
+    ema = next((c for c in trainer.callbacks if isinstance(c, TrainableEMA)), None)
+    if ema is not None:
+        ema.load_final_raw(module)
+        module.eval()
+        raw = sweep.evaluator.evaluate(module, simplex_grid(m, sweep.divisions))
+        raw.write_csv(Path(trainer.log_dir) / "pareto" / "final_raw_weights.csv")
+        label = f"{method}: raw weights"
+        rows.append(Row(m, label, raw.metrics(), 1, trainer.global_step, seconds, raw))
+    return rows, dict(sweep.first_metrics)
 
 
 def run_baseline(config: dict, m: int, method: str) -> Row:
@@ -391,18 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         settings = [*args.overrides, *([f"ema {args.ema}"] if args.ema is not None else [])]
         label = f"{method} [{', '.join(settings)}]" if settings else method
         if method.startswith("panacea"):
-            row, first = run_panacea(config, m, label)
+            new_rows, first = run_panacea(config, m, label)
             if first:
                 base[m] = first
         else:
-            row = run_baseline(config, m, label)
-        rows.append(row)
-        print(
-            f"=== m={m} {method}: HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
-            f"mean regret {row.metrics.get('mean_regret', 0):.4f}, {row.steps} steps, "
-            f"{row.seconds / 60:.1f} min ===",
-            flush=True,
-        )
+            new_rows = [run_baseline(config, m, label)]
+        rows.extend(new_rows)
+        for row in new_rows:
+            print(
+                f"=== m={m} {row.method}: G {row.metrics.get('mean_gain', 0):.2f}, "
+                f"HV ratio {row.metrics.get('hypervolume_ratio', 0):.3f}, "
+                f"mean regret {row.metrics.get('mean_regret', 0):.4f}, {row.steps} steps, "
+                f"{row.seconds / 60:.1f} min ===",
+                flush=True,
+            )
         write_table(rows, base, args.out)  # after every run: nothing lost on a crash
         gc.collect()
     table = write_table(rows, base, args.out)

@@ -51,6 +51,7 @@ class TrainableEMA(pl.Callback):
         self._step = 0  # optimiser steps the average has seen
         self._restored_raw: list[torch.Tensor] | None = None
         self._swapped = False
+        self.final_raw: dict[str, torch.Tensor] = {}  # the raw weights at the end of `fit`
 
     @property
     def state_key(self) -> str:
@@ -127,10 +128,21 @@ class TrainableEMA(pl.Callback):
             self._swap(pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Leave the average in the model: the end-of-fit sweep, a later save or export see it."""
+        """Leave the average in the model (the end-of-fit sweep, a later save or export see it)
+        and keep the raw weights in `final_raw` (to evaluate both on the same draws)."""
+        trainable = self._trainable(pl_module)
+        self.final_raw = {n: p.detach().clone() for n, p in trainable}
         with torch.no_grad():
-            for avg, (_, p) in zip(self._average, self._trainable(pl_module), strict=True):
+            for avg, (_, p) in zip(self._average, trainable, strict=True):
                 p.copy_(avg)
+
+    def load_final_raw(self, pl_module: pl.LightningModule) -> None:
+        """Put the raw weights `fit` ended with back into `pl_module` (in place of the average)."""
+        if not self.final_raw:
+            raise RuntimeError("TrainableEMA.load_final_raw: no fit has ended with this callback")
+        with torch.no_grad():
+            for name, p in self._trainable(pl_module):
+                p.copy_(self.final_raw[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self._names), "average": self._average, "step": self._step}

@@ -1,0 +1,41 @@
+"""`experiments/compare_aggregations/compare.py` as its README runs it, in a subprocess, on a tiny
+budget: with `--ema` the table holds the averaged weights' row and the raw weights' row, swept on
+the same draws."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_compare_with_ema_sweeps_the_average_and_the_raw_weights(shared_data, tmp_path):
+    env = {**os.environ, "PANACEA_DATA_DIR": str(shared_data), "OMP_NUM_THREADS": "1"}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    out = tmp_path / "compare"
+    command = [
+        sys.executable,
+        "experiments/compare_aggregations/compare.py",
+        *("--dims", "2", "--methods", "panacea_rloo", "--iterations", "1"),
+        *("--samples-per-prompt", "1", "--ema", "0.9", "--out", str(out)),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["method"] for r in rows] == [  # (the base model's row comes with panacea_ls)
+        "panacea_rloo [ema 0.9]",
+        "panacea_rloo [ema 0.9]: raw weights",
+    ]
+    # one iteration is 4 optimiser steps: the average (1 − 0.1·… of the way) is not the raw
+    assert rows[0]["mean_regret"] != rows[1]["mean_regret"]
+    assert rows[0]["steps"] == rows[1]["steps"] == "4"
+    assert list(out.rglob("pareto/final_raw_weights.csv"))
+    assert (out / "front_m2.png").stat().st_size > 0
