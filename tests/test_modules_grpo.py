@@ -328,10 +328,16 @@ FIXED_EXACT = [  # `FixedPreferenceGRPO`'s documented command, with the exact pe
     "--model.init_args.preference=[1.0,0.0]",
     "--model.init_args.kl_in=exact",
 ]
+WITH_EMA = [  # the README's way to add the weight average to a recipe
+    "--trainer.callbacks+=panacea_pl.callbacks.TrainableEMA",
+    "--trainer.callbacks.decay=0.9",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], FIXED_EXACT], ids=["shipped", "fixed_lambda_exact_kl"])
+@pytest.mark.parametrize(
+    "extra", [[], FIXED_EXACT, WITH_EMA], ids=["shipped", "fixed_lambda_exact_kl", "with_ema"]
+)
 def test_shipped_grpo_config_fits_through_the_console_script(
     shared_data, tmp_path, extra, panacea_cli
 ):
@@ -364,7 +370,15 @@ def test_shipped_grpo_config_fits_through_the_console_script(
     assert any("panacea" in k for k in state["state_dict"])
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
     assert {"train/happy/reward", "train/sad/objective", "train/kl"} <= set().union(*rows)
-    if extra:  # the run's saved config is the fixed-λ module with the exact KL
+    if extra == WITH_EMA:  # the checkpoint's weights are the average; the raw ones kept beside
+        key = next(k for k in state["callbacks"] if k.startswith("TrainableEMA"))
+        average, names = state["callbacks"][key]["average"], state["callbacks"][key]["names"]
+        assert state["callbacks"][key]["step"] == 2 and names
+        for name, value in zip(names, average, strict=True):
+            assert torch.equal(state["state_dict"][name], value)
+        raw = state["callbacks"][key]["raw"]
+        assert any(not torch.equal(r, a) for r, a in zip(raw, average, strict=True))
+    if extra == FIXED_EXACT:  # the run's saved config is the fixed-λ module with the exact KL
         config = next(tmp_path.rglob("config.yaml")).read_text()
         assert "panacea_pl.baselines.FixedPreferenceGRPO" in config
         assert "kl_in: exact" in config
