@@ -80,6 +80,17 @@ class Row:
     result: object  # FrontResult
 
 
+EMA_CLASS = "panacea_pl.callbacks.TrainableEMA"
+
+
+def ema_decay(callbacks: list[dict]) -> float | None:
+    """The decay of the `TrainableEMA` among a config's callbacks, or None without one."""
+    for callback in callbacks:
+        if callback.get("class_path") == EMA_CLASS:
+            return float((callback.get("init_args") or {}).get("decay", 0.995))
+    return None
+
+
 def config_for(
     m: int,
     method: str,
@@ -96,7 +107,7 @@ def config_for(
     rate decays to 0 over its optimiser steps (cosine) instead of staying constant;
     `overrides`: `KEY=VALUE` settings of the recipe (`apply_overrides`); `ema`: evaluate an
     exponential moving average of the trained weights with this decay per optimiser step
-    (`panacea_pl.callbacks.TrainableEMA`)."""
+    (`panacea_pl.callbacks.TrainableEMA`, replacing the recipe's own), or 0: the raw weights."""
     config = yaml.safe_load(ON_POLICY.get(method, BASE_CONFIG).read_text())
     apply_overrides(config, overrides)
     trainer, model = config["trainer"], config["model"]
@@ -122,9 +133,12 @@ def config_for(
         },
     ]
     sweep = trainer["callbacks"][0]["init_args"]
-    if ema is not None:
-        average = {"class_path": "panacea_pl.callbacks.TrainableEMA", "init_args": {"decay": ema}}
-        trainer["callbacks"].append(average)
+    if ema is not None:  # replaces the recipe's average, if it has one; 0: none
+        callbacks = [c for c in trainer["callbacks"] if ema_decay([c]) is None]
+        if ema > 0:
+            average = {"class_path": EMA_CLASS, "init_args": {"decay": ema}}
+            callbacks.append(average)
+        trainer["callbacks"] = callbacks
     config["num_preferences"] = m  # the components say ${panacea.num_preferences:}
     sweep["evaluator"]["init_args"].update(samples_per_prompt=samples_per_prompt)
     sweep.update(
@@ -359,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="DECAY",
         help="Panacea methods: train as usual, evaluate an exponential moving average of the "
-        "trained weights (decay per optimiser step, e.g. 0.995)",
+        "trained weights (decay per optimiser step, e.g. 0.995; replaces a recipe's own; 0: "
+        "none) and, beside it, the raw weights on the same draws",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
     args = parser.parse_args(argv)
@@ -367,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cosine applies to panacea_ppo and panacea_rloo only")
     if args.ema is not None and not all(x.startswith("panacea") for x in args.methods):
         parser.error("--ema applies to the Panacea methods only (one model each)")
+    if args.ema is not None and not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema: a decay in (0, 1), or 0 for no average; got {args.ema}")
     torch.set_num_threads(1)  # stories260K: one thread is fastest
 
     # at m = 10 only Panacea-LS runs (DPS would need 55 models)
@@ -400,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"=== m={m} {method}: {budget} ===", flush=True)
         config = configs[m, method]
-        settings = [*args.overrides, *([f"ema {args.ema}"] if args.ema is not None else [])]
+        decay = ema_decay(config["trainer"].get("callbacks") or [])
+        settings = [*args.overrides, *([f"ema {decay}"] if decay is not None else [])]
         label = f"{method} [{', '.join(settings)}]" if settings else method
         if method.startswith("panacea"):
             new_rows, first = run_panacea(config, m, label)
