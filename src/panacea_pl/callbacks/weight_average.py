@@ -94,9 +94,7 @@ class TrainableEMA(pl.Callback):
             a.to(p.device, p.dtype) for a, p in zip(self._average, params, strict=True)
         ]
         if self._restored_raw is not None:  # the checkpoint's weights were the average
-            with torch.no_grad():
-                for p, raw in zip(params, self._restored_raw, strict=True):
-                    p.copy_(raw)
+            self._assign(pl_module, self._restored_raw)
             self._restored_raw = None
 
     def on_train_batch_end(
@@ -111,12 +109,18 @@ class TrainableEMA(pl.Callback):
             params = [p.detach() for _, p in self._trainable(pl_module)]
             torch._foreach_lerp_(self._average, params, 1.0 - keep)
 
-    def _swap(self, pl_module: pl.LightningModule) -> None:
+    def _assign(self, pl_module: pl.LightningModule, values: list[torch.Tensor]) -> None:
+        """Copy `values` (in `_trainable`'s order) into the trainable parameters."""
+        params = [p for _, p in self._trainable(pl_module)]
+        if len(params) != len(values):
+            raise ValueError(f"TrainableEMA: {len(values)} tensors for {len(params)} parameters")
         with torch.no_grad():
-            for avg, (_, p) in zip(self._average, self._trainable(pl_module), strict=True):
-                raw = p.detach().clone()
-                p.copy_(avg)
-                avg.copy_(raw)
+            torch._foreach_copy_(params, values)
+
+    def _swap(self, pl_module: pl.LightningModule) -> None:
+        raw = [p.detach().clone() for _, p in self._trainable(pl_module)]
+        self._assign(pl_module, self._average)
+        self._average = raw
         self._swapped = not self._swapped
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -130,19 +134,14 @@ class TrainableEMA(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Leave the average in the model (the end-of-fit sweep, a later save or export see it)
         and keep the raw weights in `final_raw` (to evaluate both on the same draws)."""
-        trainable = self._trainable(pl_module)
-        self.final_raw = {n: p.detach().clone() for n, p in trainable}
-        with torch.no_grad():
-            for avg, (_, p) in zip(self._average, trainable, strict=True):
-                p.copy_(avg)
+        self.final_raw = {n: p.detach().clone() for n, p in self._trainable(pl_module)}
+        self._assign(pl_module, self._average)
 
     def load_final_raw(self, pl_module: pl.LightningModule) -> None:
         """Put the raw weights `fit` ended with back into `pl_module` (in place of the average)."""
         if not self.final_raw:
             raise RuntimeError("TrainableEMA.load_final_raw: no fit has ended with this callback")
-        with torch.no_grad():
-            for name, p in self._trainable(pl_module):
-                p.copy_(self.final_raw[name])
+        self._assign(pl_module, [self.final_raw[n] for n, _ in self._trainable(pl_module)])
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self._names), "average": self._average, "step": self._step}
