@@ -25,7 +25,7 @@ from panacea_pl.benchmarks.stories import (
     StoriesPromptDataModule,
     StoriesReward,
 )
-from panacea_pl.callbacks import ParetoSweep
+from panacea_pl.callbacks import ParetoSweep, TrainableEMA
 from panacea_pl.cli import run_lightning_cli
 from panacea_pl.data.collate import PromptCollator
 from panacea_pl.layers import PanaceaConfig
@@ -553,8 +553,9 @@ def test_dps_runner_trains_ppo_members_on_prompts_without_a_validation_split(
 @pytest.mark.slow
 def test_shipped_stories_config_runs_one_iteration(shared_data, tmp_path, monkeypatch):
     """`panacea-pl fit --config experiments/stories/panacea_ppo.yaml`, one PPO iteration on 4 of
-    its 16 prompts, no sweep: the YAML builds the policy, critic, reward and prompts and trains
-    with them."""
+    its 16 prompts, no sweep, with the weight average appended as the README's example does:
+    the YAML builds the policy, critic, reward and prompts and trains with them, and the
+    average follows every optimiser step."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PANACEA_DATA_DIR", str(shared_data))
     config = Path(__file__).resolve().parents[1] / "experiments" / "stories" / "panacea_ppo.yaml"
@@ -571,10 +572,14 @@ def test_shipped_stories_config_runs_one_iteration(shared_data, tmp_path, monkey
             "--trainer.enable_model_summary=false",
             "--data.init_args.num_prompts=4",
             "--data.init_args.batch_size=4",
+            "--trainer.callbacks+=panacea_pl.callbacks.TrainableEMA",  # the README's example
+            "--trainer.callbacks.decay=0.995",
         ]
     )
     # 4 prompts × 8 samples = 32 rollouts: one minibatch of 32, 2 PPO epochs
     assert isinstance(cli.model, PanaceaPPO) and cli.trainer.global_step == 2
+    (ema,) = [c for c in cli.trainer.callbacks if isinstance(c, TrainableEMA)]
+    assert ema.decay == 0.995 and ema.state_dict()["step"] == 2
     assert cli.model.kl_coef == StoriesBenchmark(progress=False).beta_eff
     rows = read_metrics(Path(cli.trainer.log_dir))
     assert {"train/happy/reward", "train/sad/reward", "train/kl"} <= set().union(*rows)
