@@ -5,7 +5,6 @@ the same draws."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -42,20 +41,12 @@ def test_compare_with_ema_sweeps_the_average_and_the_raw_weights(shared_data, tm
     assert (out / "front_m2.png").stat().st_size > 0
 
 
-def _compare_module():
-    spec = importlib.util.spec_from_file_location(
-        "compare_script", ROOT / "experiments/compare_aggregations/compare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(("ema", "expected"), [(None, [0.995]), (0.9, [0.9]), (0.0, [])])
-def test_ema_keeps_replaces_or_drops_the_recipes_average(tmp_path, ema, expected):
+def test_ema_keeps_replaces_or_drops_the_recipes_average(tmp_path, monkeypatch, ema, expected):
     """RLOO's recipe ships an average (decay 0.995): `--ema D` replaces it, `--ema 0` drops it."""
-    compare = _compare_module()
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "compare_aggregations"))
+    import compare
+
     config = compare.config_for(2, "panacea_rloo", 0, tmp_path, 1, iterations=1, ema=ema)
     decays = [
         c["init_args"]["decay"]
