@@ -208,7 +208,14 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     else:
         module, data = dpo_module(policy, s, total, bench)
         limit = {"max_steps": max(steps), "max_epochs": -1}
-    trainer = pl.Trainer(
+    callback = EvaluateAt(name, s | {"lam": list(s["lam"])}, steps, base, args, bench)
+    study_trainer([callback], **limit).fit(module, datamodule=data)
+
+
+def study_trainer(callbacks: list[pl.Callback], **limit) -> pl.Trainer:
+    """The study's runs: one CPU process with no logger, checkpoints, progress bar or
+    validation; `limit` is max_steps / max_epochs."""
+    return pl.Trainer(
         accelerator="cpu",
         devices=1,
         **limit,
@@ -218,9 +225,8 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        callbacks=[EvaluateAt(name, s | {"lam": list(s["lam"])}, steps, base, args, bench)],
+        callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=data)
 
 
 def dpo_module(policy: StoriesPolicy, s: dict, total: int, bench: StoriesBenchmark) -> tuple:

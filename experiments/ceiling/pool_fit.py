@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from ceiling import dpo_module
+from ceiling import dpo_module, study_trainer
 from variants import DEFAULTS, VARIANTS
 
 from panacea_pl.benchmarks.stories import StoriesPolicy
@@ -113,19 +113,7 @@ def main() -> None:
     callback = MeasureTilt(
         args.variant, settings["lam"], args.steps, draws, bench.beta_eff, args.results
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max(args.steps),
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[callback],
-    )
+    trainer = study_trainer([callback], max_steps=max(args.steps), max_epochs=-1)
     trainer.fit(module, datamodule=data)
 
 
