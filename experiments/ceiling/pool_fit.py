@@ -49,21 +49,12 @@ def pool_draw(draw: ReferenceDraw, bench: StoriesBenchmark) -> ReferenceDraw:
     return pool
 
 
-def tilt(ell: np.ndarray, rewards: np.ndarray, lam: np.ndarray, beta: float) -> dict:
-    """Within-prompt slope and correlation of ℓ [P, n] on the optimum's tilt λ·r/β."""
-    s = rewards @ lam / beta
-    s_c, ell_c = s - s.mean(1, keepdims=True), ell - ell.mean(1, keepdims=True)
-    slope = float((ell_c * s_c).sum() / (s_c**2).sum())
-    corr = float((ell_c * s_c).sum() / np.sqrt((s_c**2).sum() * (ell_c**2).sum()))
-    return {"slope": slope, "corr": corr, "spread": float(ell_c.std())}
-
-
 class MeasureTilt(pl.Callback):
     """At each of `steps` (optimiser steps): the tilt on the pool and on the reference draw."""
 
-    def __init__(self, name: str, lam, steps, draws: dict, beta: float, results: Path):
+    def __init__(self, name: str, lam, steps, draws: dict, results: Path):
         self.name, self.lam, self.steps = name, np.asarray(lam, dtype=np.float64), set(steps)
-        self.draws, self.beta, self.results = draws, beta, results
+        self.draws, self.results = draws, results
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -74,9 +65,15 @@ class MeasureTilt(pl.Callback):
         record = {"variant": self.name, "step": step, "lam": self.lam.tolist()}
         with module.policy.preference(torch.tensor(self.lam, dtype=torch.float32)):
             for where, draw in self.draws.items():
-                ell = draw.logps(module.policy.model) - draw.base_logps
-                for key, value in tilt(ell, draw.rewards, self.lam, self.beta).items():
-                    record[f"{where}_{key}"] = value
+                logps = draw.logps(module.policy.model)
+                slope, corr = draw.tilt(logps, self.lam)
+                ell = logps - draw.base_logps
+                spread = float((ell - ell.mean(1, keepdims=True)).std())
+                record |= {
+                    f"{where}_slope": slope,
+                    f"{where}_corr": corr,
+                    f"{where}_spread": spread,
+                }
         record["seconds"] = time.perf_counter() - self.start
         with open(self.results, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -110,9 +107,7 @@ def main() -> None:
         adapter=PanaceaConfig(num_general=settings["num_general"], num_preferences=2)
     )
     module, data = dpo_module(policy, settings, args.schedule_steps, bench)
-    callback = MeasureTilt(
-        args.variant, settings["lam"], args.steps, draws, bench.beta_eff, args.results
-    )
+    callback = MeasureTilt(args.variant, settings["lam"], args.steps, draws, args.results)
     trainer = study_trainer([callback], max_steps=max(args.steps), max_epochs=-1)
     trainer.fit(module, datamodule=data)
 

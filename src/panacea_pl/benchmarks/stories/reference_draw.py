@@ -78,6 +78,17 @@ class ReferenceDraw:
         model.train(was)
         return out
 
+    def tilt(self, policy_logps: np.ndarray, lam: Sequence[float]) -> tuple[float, float]:
+        """How much of the policy's log-ratio ℓ is the optimum's tilt: the slope and correlation
+        of ℓ regressed on ℓ* = λ·r/β within prompts (1 and 1 at the optimum)."""
+        ell = policy_logps - self.base_logps
+        opt = self.rewards @ np.asarray(lam, dtype=np.float64) / self.beta
+        ell_c = ell - ell.mean(1, keepdims=True)
+        opt_c = opt - opt.mean(1, keepdims=True)
+        slope = float((ell_c * opt_c).sum() / (opt_c**2).sum())
+        corr = float((ell_c * opt_c).sum() / np.sqrt((ell_c**2).sum() * (opt_c**2).sum()))
+        return slope, corr
+
     def gain(self, policy_logps: np.ndarray, lam: Sequence[float]) -> dict:
         """G, its bootstrap SE, the policy's KL and ESS on the reference draw."""
         lam_r = self.rewards @ np.asarray(lam, dtype=np.float64)  # [P, n]
@@ -95,12 +106,7 @@ class ReferenceDraw:
         g = (v_pol - v_0) / (v_opt - v_0)
         kl = (w * el).sum(-1).mean(-1)
         objectives = np.einsum("pn,pnm->m", w[0], self.rewards) / len(self.rewards)
-        # how much of the policy's log-ratio is the optimum's tilt: regress ℓ on ℓ* = λ·r/β
-        # within prompts (slope 1 and correlation 1 at the optimum)
-        ell_c = ell - ell.mean(1, keepdims=True)
-        opt_c = lam_r / self.beta - (lam_r / self.beta).mean(1, keepdims=True)
-        slope = float((ell_c * opt_c).sum() / (opt_c**2).sum())
-        corr = float((ell_c * opt_c).sum() / np.sqrt((ell_c**2).sum() * (opt_c**2).sum()))
+        slope, corr = self.tilt(policy_logps, lam)
         return {
             "tilt_slope": slope,
             "tilt_corr": corr,
