@@ -289,6 +289,9 @@ def test_demo_shrunk(workdir):
     assert proc.returncode == 0, proc.out
     assert "[3/3] the front" in proc.out and "hypervolume ratio" in proc.out
     assert re.search(r"front ordered like λ .*: happy -?[01]\.\d\d, sad -?[01]\.\d\d", proc.out)
+    # the base model's numbers come from the final sweep's own base rows: no sweep before training
+    assert re.search(r"optimal front: \d\.\d{3} \(base model\) -> \d\.\d{3} \(Panacea\)", proc.out)
+    assert re.search(r"mean regret: \d\.\d{4} -> \d\.\d{4}", proc.out)
     assert_quiet(proc.out)
 
 

@@ -94,6 +94,10 @@ def test_base_draws_are_the_sweeps_draws(bench, moved):
     np.testing.assert_array_equal(policy.base_objectives, base.objectives[0])
     # G(λ) = 1 − regret(π) / regret(π_ref), with regret(π_ref) the base model's at each λ
     np.testing.assert_allclose(policy.gain, 1 - policy.regret / base.regret, rtol=1e-9)
+    # the base model's metrics come with every sweep: what sweeping it alone reports
+    np.testing.assert_allclose(policy.base_regret, base.regret, rtol=1e-9)
+    assert policy.base_hypervolume_ratio == pytest.approx(base.hypervolume_ratio, rel=1e-12)
+    assert policy.hypervolume_ratio != pytest.approx(base.hypervolume_ratio)
 
 
 @pytest.mark.slow
@@ -116,6 +120,8 @@ def test_stories_evaluator_reports_gain_and_the_base_point(bench, tmp_path):
     metrics = result.metrics()
     assert {"mean_gain", "mean_gain_se", "hypervolume_ratio", "mean_regret"} <= set(metrics)
     assert metrics["mean_gain"] == pytest.approx(0.0, abs=1e-3)  # a fresh adapter: the base
+    assert metrics["base_hypervolume_ratio"] == pytest.approx(metrics["hypervolume_ratio"])
+    assert metrics["base_mean_regret"] == pytest.approx(metrics["mean_regret"], abs=1e-6)
     np.testing.assert_allclose(result.columns["gain"], 0.0, atol=1e-3)
     assert result.columns["gain_se"].shape == (3,)
     np.testing.assert_array_equal(result.base, result.objectives[0])

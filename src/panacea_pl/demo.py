@@ -125,7 +125,10 @@ def _report(sweep: ParetoSweep, seconds: float) -> None:
             "      front ordered like λ (Spearman ρ of λ_i and objective i; 1 = monotone): "
             + ", ".join(f"{n} {r:.2f}" for n, r in zip(names, rho, strict=True))
         )
-    before = sweep.first_metrics
+    # the base model ignores λ: its front is the one point the sweep sampled beside the policy's
+    names_before = ("hypervolume_ratio", "mean_regret")
+    before = {k: metrics[f"base_{k}"] for k in names_before if f"base_{k}" in metrics}
+    before = before or sweep.first_metrics  # an evaluator without a base point: a start sweep
     if before:
         print(
             f"      hypervolume ratio to the optimal front: {before['hypervolume_ratio']:.3f} "

@@ -84,6 +84,9 @@ class Evaluation:
         gain: [G] G(λ) = 1 − regret / the base model's regret; `gain_se` its standard error.
         mean_gain: G averaged over the grid; `mean_gain_se` its standard error.
         base_objectives: [m] the base model's mean scores on the same draws (NaN without base).
+        base_regret: [G] the base model's regret at each λ (its KL is 0; NaN without base).
+        base_hypervolume_ratio: the hypervolume ratio of the base model's one point: what a
+            sweep before training would report, without sampling it again.
         texts: G lists of the sampled responses, for reading.
         beta: β of the regularised objective.
         dimension_names: the m objective names.
@@ -107,6 +110,8 @@ class Evaluation:
     mean_gain: float
     mean_gain_se: float
     base_objectives: np.ndarray
+    base_regret: np.ndarray
+    base_hypervolume_ratio: float
     texts: list[list[str]]
     beta: float
     dimension_names: tuple[str, ...]
@@ -288,6 +293,12 @@ def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> 
     point = _reference_point(optimum.objectives) if reference_point is None else reference_point
     hv = hypervolume(objectives, point)
     hv_opt = hypervolume(optimum.objectives, point)
+
+    def ratio(front: np.ndarray) -> float:
+        return hypervolume(front, point) / hv_opt if hv_opt > 0 else float("nan")
+
+    base_regret = optimum.value - lam @ base_objectives  # NaN without base
+    base_ratio = ratio(base_objectives[None]) if base_rows is not None else float("nan")
     return Evaluation(
         preferences=lam,
         objectives=objectives,
@@ -300,13 +311,15 @@ def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> 
         regret_se=np.sqrt(optimum.value_se**2 + value_se**2),
         hypervolume=hv,
         optimal_hypervolume=hv_opt,
-        hypervolume_ratio=hv / hv_opt if hv_opt > 0 else float("nan"),
+        hypervolume_ratio=ratio(objectives),
         reference_point=np.asarray(point, dtype=np.float64),
         gain=gain.per_lambda,
         gain_se=gain.per_lambda_se,
         mean_gain=gain.mean,
         mean_gain_se=gain.mean_se,
         base_objectives=base_objectives,
+        base_regret=base_regret,
+        base_hypervolume_ratio=base_ratio,
         texts=[texts[g * per_pref : (g + 1) * per_pref] for g in range(num_prefs)],
         beta=optimum.beta,
         dimension_names=optimum.dimension_names,

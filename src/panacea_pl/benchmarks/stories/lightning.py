@@ -152,6 +152,9 @@ class StoriesEvaluator:
     them with the ground-truth scorers; report G (the fraction of the achievable gain), regret and
     hypervolume ratio to the optimum. Common random numbers: every λ and the base model see the
     same prompts and sampling noise. Sharded over the ranks of a process group (`distributed`).
+    Every sweep also reports the base model's `base_hypervolume_ratio` and `base_mean_regret`
+    on its draws, so a sweep before training (`ParetoSweep(sweep_on_fit_start=True)`) is not
+    needed to compare with the starting point.
 
     Args:
         num_dimensions, data_dir, cache_dir, benchmark: as in `StoriesDataModule` (same values,
@@ -213,6 +216,7 @@ class StoriesEvaluator:
                 "mean_regret": ev.mean_regret,
                 "mean_kl": float(ev.kl.mean()),
             }
+            | _base_summary(ev)
             | {
                 f"rank_correlation/{n}": float(r)
                 for n, r in zip(ev.dimension_names, rho, strict=True)
@@ -220,3 +224,14 @@ class StoriesEvaluator:
             optimum=optimum.objectives,
             base=ev.base_objectives,
         )
+
+
+def _base_summary(ev) -> dict[str, float]:
+    """The base model's hypervolume ratio and mean regret on the sweep's own draws (it ignores λ,
+    so this is what a sweep before training reports, without sampling it again)."""
+    if not np.isfinite(ev.base_objectives).all():
+        return {}
+    return {
+        "base_hypervolume_ratio": ev.base_hypervolume_ratio,
+        "base_mean_regret": float(ev.base_regret.mean()),
+    }
