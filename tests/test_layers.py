@@ -162,6 +162,30 @@ def test_merge_equals_unmerged_and_unmerge_restores(tiny_model_dir, batch):
         torch.testing.assert_close(logits(model, batch), unmerged, rtol=1e-6, atol=1e-6)
 
 
+def test_merge_refuses_a_weight_tied_to_another_layer(tiny_model_dir, batch):
+    """The output layer adapted in a model whose input and output embeddings are one tensor:
+    merging would change the embeddings too, so it is refused before any weight moves; the
+    unmerged adapter works, and after untying, the merge equals it."""
+    model = tiny.load(tiny_model_dir)
+    embedding = model.get_input_embeddings()
+    model.get_output_embeddings().weight = embedding.weight  # what tie_word_embeddings does
+    before = embedding.weight.detach().clone()
+    config = PanaceaConfig(num_general=2, num_preferences=2, target_modules=["lm_head"])
+    adapter = inject_adapter(model, config)
+    with torch.no_grad():
+        adapter.layers["lm_head"].panacea_U.normal_(0, 0.1)
+    with adapter.preference(LAM_B):
+        unmerged = logits(model, batch)
+    with pytest.raises(ValueError, match=r"lm_head: its weight is also .*(embed_tokens|wte).*tied"):
+        adapter.merge(LAM_B)
+    assert not adapter.merged
+    torch.testing.assert_close(embedding.weight, before, rtol=0, atol=0)
+    model.lm_head.base_layer.weight = torch.nn.Parameter(before.clone(), requires_grad=False)
+    adapter.merge(LAM_B)
+    torch.testing.assert_close(logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(embedding.weight, before, rtol=0, atol=0)
+
+
 def test_save_load_identical(tiny_model_dir, batch, tmp_path):
     model, adapter = adapted(tiny_model_dir)
     with adapter.preference(LAM_B):

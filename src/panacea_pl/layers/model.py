@@ -268,10 +268,29 @@ class PanaceaAdapter:
         lam = self.state.preference
         if lam is None or lam.dim() != 1:
             raise RuntimeError("merge needs one λ of shape [m], not none or a per-sample batch")
+        self._check_untied()
         for layer in self.layers.values():
             weight = layer.base_layer.weight
             weight.add_(layer.delta_weight(lam).to(weight.dtype))
         self.state.merged_preference = lam
+
+    def _check_untied(self) -> None:
+        """Refuse to merge into a weight another layer also uses (tied input and output
+        embeddings): the merge would change that layer too."""
+        users: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            if param.numel() and param.data_ptr():
+                users.setdefault(param.data_ptr(), []).append(name)
+        for name, layer in self.layers.items():
+            shared = users.get(layer.base_layer.weight.data_ptr(), [])
+            if len(shared) > 1:
+                raise ValueError(
+                    f"cannot merge the adapter of {name}: its weight is also "
+                    f"{[n for n in shared if not n.endswith(name + '.base_layer.weight')]} "
+                    "(tied embeddings), so merging would change that layer too. Use the adapter "
+                    "unmerged (set_preference), or untie first: "
+                    f"{name}.base_layer.weight = nn.Parameter(weight.clone())"
+                )
 
     @torch.no_grad()
     def unmerge(self) -> None:
