@@ -25,9 +25,10 @@ from test_entry_points import assert_quiet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO_ROOT / "experiments"
-# Not whole `fit` configs: W&B sweep files (tests/test_sweeps.py) and trainer fragments layered
-# over a config with a second --config (tests/test_strategies_gpu.py).
-NOT_FIT_CONFIGS = ("sweeps/", "strategies/")
+# Not whole `fit` configs: W&B sweep files (tests/test_sweeps.py), trainer fragments layered
+# over a config with a second --config (tests/test_strategies_gpu.py) and the stories recipes'
+# layers (test_stories_layers_parse_over_the_recipes).
+NOT_FIT_CONFIGS = ("sweeps/", "strategies/", "stories/layers/")
 ALL_CONFIGS = sorted(
     c
     for c in (p.relative_to(EXPERIMENTS).as_posix() for p in EXPERIMENTS.rglob("*.yaml"))
@@ -145,6 +146,23 @@ def test_config_parses(config, in_run_dir, capsys):
         assert callable(import_object(dotted)), dotted
     loggers = [logger["class_path"] for logger in parsed["trainer"]["logger"]]
     assert "panacea_pl.loggers.WandbLogger" in loggers
+
+
+@pytest.mark.parametrize("recipe", ["panacea_dpo.yaml", "panacea_grpo.yaml"])
+def test_stories_layers_parse_over_the_recipes(recipe, in_run_dir, capsys):
+    """`stories/layers/output_layer.yaml` as its comment says to use it: a second --config over
+    a recipe; the adapter then also targets `lm_head`, with the recipe's m."""
+    layer = EXPERIMENTS / "stories" / "layers" / "output_layer.yaml"
+    recipe_path = EXPERIMENTS / "stories" / recipe
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(
+            ["fit", "--config", str(recipe_path), "--config", str(layer), "--print_config"]
+        )
+    assert exit_info.value.code in (0, None)
+    parsed = yaml.safe_load(capsys.readouterr().out)
+    adapter = parsed["model"]["init_args"]["policy"]["init_args"]["adapter"]["init_args"]
+    assert adapter["target_modules"][-1] == "lm_head" and "q_proj" in adapter["target_modules"]
+    assert adapter["num_preferences"] == 2 and adapter["num_general"] == 0
 
 
 def test_paper_setting_config(in_run_dir, capsys):

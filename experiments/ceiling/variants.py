@@ -15,12 +15,13 @@ import torch
 from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferenceGRPO, FixedPreferencePPO
 from panacea_pl.benchmarks.stories import StoriesPolicy, StoriesPromptDataModule, StoriesReward
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
-from panacea_pl.layers import PanaceaConfig
+from panacea_pl.layers import DEFAULT_TARGET_MODULES, PanaceaConfig
 from panacea_pl.models import PanaceaCritic
 from panacea_pl.models.logprobs import sequence_logprobs, token_logprobs
 from panacea_pl.objectives import LinearAdvantage, RLOOAdvantage
 
 CORNER, CENTRE = (1.0, 0.0), (0.5, 0.5)
+WITH_HEAD = [*DEFAULT_TARGET_MODULES["llama"], "lm_head"]
 BETA = 1.25
 
 # name → settings; every variant is the dps.yaml recipe at one λ except for what it names.
@@ -63,6 +64,12 @@ VARIANTS: dict[str, dict] = {
         "cosine": 240,
     },
     "rloo_r8_corner_lr0.0005": {"method": "rloo", "lam": CORNER, "num_general": 8, "lr": 5e-4},
+    # the output layer adapted too (`lm_head`: its rank-m update can shift every state's logits
+    # along the same vocabulary direction, a per-token tilt), or alone
+    "rloo_r0_corner_head": {"method": "rloo", "lam": CORNER, "target_modules": WITH_HEAD},
+    "rloo_r0_corner_headonly": {"method": "rloo", "lam": CORNER, "target_modules": ["lm_head"]},
+    "dpo_r0_corner_lr0.01_head": {"lam": CORNER, "lr": 0.01, "target_modules": WITH_HEAD},
+    "dpo_r0_corner_lr0.01_headonly": {"lam": CORNER, "lr": 0.01, "target_modules": ["lm_head"]},
     "rloo_r8_corner_lr0.0005_exact": {
         "method": "rloo",
         "lam": CORNER,
@@ -78,6 +85,7 @@ DEFAULTS = {
     "lr": 0.002,
     "pairs_per_prompt": 1024,
     "pair_responses_per_prompt": 256,
+    "target_modules": None,  # the adapter's default layers
 }
 
 
