@@ -200,8 +200,8 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     s = DEFAULTS | VARIANTS[name]
     total = args.schedule_steps  # one schedule for the whole curve, whichever steps are evaluated
     pl.seed_everything(0, workers=True)
-    adapter = PanaceaConfig(s["num_general"], 2, target_modules=s["target_modules"])
-    policy = StoriesPolicy(adapter=adapter)
+    adapter = dict(num_general=s["num_general"], num_preferences=2)
+    policy = StoriesPolicy(adapter=PanaceaConfig(**adapter, target_modules=s["target_modules"]))
     if s["method"] in ("ppo", "rloo"):
         make = ppo_module if s["method"] == "ppo" else rloo_module
         module, data = make(policy, s, bench)
