@@ -36,6 +36,7 @@ from variants import (
     FullFineTunePPO,
     ppo_module,
     rloo_module,
+    variant_policy,
 )
 
 from panacea_pl.baselines import FixedPreferenceDPO, FixedPreferenceGRPO, FixedPreferencePPO
@@ -43,7 +44,7 @@ from panacea_pl.benchmarks.stories import StoriesDataModule, StoriesPolicy
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.evaluate import Evaluation
 from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
-from panacea_pl.layers import PanaceaAdapter, PanaceaConfig
+from panacea_pl.layers import PanaceaAdapter
 from panacea_pl.objectives import LinearScalarization, MultiObjectiveDPOLoss
 
 HERE = Path(__file__).resolve().parent
@@ -200,8 +201,7 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     s = DEFAULTS | VARIANTS[name]
     total = args.schedule_steps  # one schedule for the whole curve, whichever steps are evaluated
     pl.seed_everything(0, workers=True)
-    adapter = dict(num_general=s["num_general"], num_preferences=2)
-    policy = StoriesPolicy(adapter=PanaceaConfig(**adapter, target_modules=s["target_modules"]))
+    policy = variant_policy(s)
     if s["method"] in ("ppo", "rloo"):
         make = ppo_module if s["method"] == "ppo" else rloo_module
         module, data = make(policy, s, bench)

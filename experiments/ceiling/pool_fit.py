@@ -26,12 +26,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from ceiling import dpo_module, study_trainer
-from variants import DEFAULTS, VARIANTS
+from variants import DEFAULTS, VARIANTS, variant_policy
 
-from panacea_pl.benchmarks.stories import StoriesPolicy
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
-from panacea_pl.layers import PanaceaConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,10 +101,7 @@ def main() -> None:
     draw = ReferenceDraw(bench)
     draws = {"pool": pool_draw(draw, bench), "draw": draw}
     pl.seed_everything(0, workers=True)
-    policy = StoriesPolicy(
-        adapter=PanaceaConfig(num_general=settings["num_general"], num_preferences=2)
-    )
-    module, data = dpo_module(policy, settings, args.schedule_steps, bench)
+    module, data = dpo_module(variant_policy(settings), settings, args.schedule_steps, bench)
     callback = MeasureTilt(args.variant, settings["lam"], args.steps, draws, args.results)
     trainer = study_trainer([callback], max_steps=max(args.steps), max_epochs=-1)
     trainer.fit(module, datamodule=data)

@@ -89,6 +89,14 @@ DEFAULTS = {
 }
 
 
+def variant_policy(s: dict) -> StoriesPolicy:
+    """The stories policy with a variant's adapter (`num_general`, `target_modules`; m = 2)."""
+    adapter = PanaceaConfig(
+        num_general=s["num_general"], num_preferences=2, target_modules=s["target_modules"]
+    )
+    return StoriesPolicy(adapter=adapter)
+
+
 class FullFineTune:
     """Mixin for a fixed-λ module: every base weight of the policy trains too, and the reference
     is a frozen copy of the base model (disabling the adapter no longer gives π_ref once the
