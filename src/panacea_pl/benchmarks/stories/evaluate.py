@@ -294,11 +294,11 @@ def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> 
     hv = hypervolume(objectives, point)
     hv_opt = hypervolume(optimum.objectives, point)
 
-    def ratio(front: np.ndarray) -> float:
-        return hypervolume(front, point) / hv_opt if hv_opt > 0 else float("nan")
+    def ratio(volume: float) -> float:
+        return volume / hv_opt if hv_opt > 0 else float("nan")
 
     base_regret = optimum.value - lam @ base_objectives  # NaN without base
-    base_ratio = ratio(base_objectives[None]) if base_rows is not None else float("nan")
+    base_hv = hypervolume(base_objectives[None], point) if base_rows is not None else float("nan")
     return Evaluation(
         preferences=lam,
         objectives=objectives,
@@ -311,7 +311,7 @@ def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> 
         regret_se=np.sqrt(optimum.value_se**2 + value_se**2),
         hypervolume=hv,
         optimal_hypervolume=hv_opt,
-        hypervolume_ratio=ratio(objectives),
+        hypervolume_ratio=ratio(hv),
         reference_point=np.asarray(point, dtype=np.float64),
         gain=gain.per_lambda,
         gain_se=gain.per_lambda_se,
@@ -319,7 +319,7 @@ def _summarise(rows, base_rows, grid, optimum: TiltedFront, reference_point) -> 
         mean_gain_se=gain.mean_se,
         base_objectives=base_objectives,
         base_regret=base_regret,
-        base_hypervolume_ratio=base_ratio,
+        base_hypervolume_ratio=ratio(base_hv),
         texts=[texts[g * per_pref : (g + 1) * per_pref] for g in range(num_prefs)],
         beta=optimum.beta,
         dimension_names=optimum.dimension_names,
