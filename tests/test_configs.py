@@ -148,20 +148,39 @@ def test_config_parses(config, in_run_dir, capsys):
     assert "panacea_pl.loggers.WandbLogger" in loggers
 
 
-@pytest.mark.parametrize("recipe", ["panacea_dpo.yaml", "panacea_grpo.yaml"])
-def test_stories_layers_parse_over_the_recipes(recipe, in_run_dir, capsys):
-    """`stories/layers/output_layer.yaml` as its comment says to use it: a second --config over
-    a recipe; the adapter then also targets `lm_head`, with the recipe's m."""
-    layer = EXPERIMENTS / "stories" / "layers" / "output_layer.yaml"
-    recipe_path = EXPERIMENTS / "stories" / recipe
+ATTENTION_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _parsed_adapter(capsys, *configs: Path) -> dict:
+    """The stories policy's adapter settings after LightningCLI parses `configs` in order."""
+    argv = ["fit"] + [arg for path in configs for arg in ("--config", str(path))]
     with pytest.raises(SystemExit) as exit_info:
-        run_lightning_cli(
-            ["fit", "--config", str(recipe_path), "--config", str(layer), "--print_config"]
-        )
+        run_lightning_cli([*argv, "--print_config"])
     assert exit_info.value.code in (0, None)
     parsed = yaml.safe_load(capsys.readouterr().out)
-    adapter = parsed["model"]["init_args"]["policy"]["init_args"]["adapter"]["init_args"]
-    assert adapter["target_modules"][-1] == "lm_head" and "q_proj" in adapter["target_modules"]
+    return parsed["model"]["init_args"]["policy"]["init_args"]["adapter"]["init_args"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "layer", "targets"),
+    [
+        ("panacea_dpo.yaml", None, [*ATTENTION_MLP, "lm_head"]),
+        ("panacea_grpo.yaml", None, [*ATTENTION_MLP, "lm_head"]),
+        ("panacea_ppo.yaml", None, None),  # the model type's default layers
+        ("panacea_dpo.yaml", "attention_mlp_only.yaml", ATTENTION_MLP),
+        ("panacea_ppo.yaml", "output_layer.yaml", [*ATTENTION_MLP, "lm_head"]),
+        ("panacea_online_dpo.yaml", "output_layer.yaml", [*ATTENTION_MLP, "lm_head"]),
+    ],
+)
+def test_stories_adapter_layers(recipe, layer, targets, in_run_dir, capsys):
+    """Which layers a stories recipe adapts, alone and with a `stories/layers/` file after it
+    as that file's comment says to use it (a second --config): the layer changes only
+    `target_modules`, the recipe's m and rank stay."""
+    configs = [EXPERIMENTS / "stories" / recipe]
+    if layer:
+        configs.append(EXPERIMENTS / "stories" / "layers" / layer)
+    adapter = _parsed_adapter(capsys, *configs)
+    assert adapter["target_modules"] == targets
     assert adapter["num_preferences"] == 2 and adapter["num_general"] == 0
 
 
