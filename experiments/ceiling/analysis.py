@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from variants import BETA, VARIANTS
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.optimum import tilted_front
 from panacea_pl.benchmarks.stories.pairs import choose_pairs
+from panacea_pl.benchmarks.stories.scorers import WORD
 
 
 def context() -> dict:
@@ -161,3 +163,106 @@ def decompose(bench: StoriesBenchmark, results: Path, done: list[dict]) -> list[
             }
         )
     return out
+
+
+# ---- is the KL off the tilt each run's own? ----------------------------------------------------
+
+
+def _off_tilt(ell: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray]:
+    """Slope a of ℓ on the tilt s within prompts, and the residual ℓ − a·s (both centred)."""
+    s_c, ell_c = s - s.mean(1, keepdims=True), ell - ell.mean(1, keepdims=True)
+    a = float((ell_c * s_c).sum() / (s_c**2).sum())
+    return a, ell_c - a * s_c
+
+
+def word_counts(bench: StoriesBenchmark, min_count: int = 30) -> np.ndarray:
+    """[P, n, V] counts of each word (seen ≥ `min_count` times) in the reference draw's stories,
+    grouped by prompt like `reference_rewards`."""
+    samples = bench.samples
+    keep = np.flatnonzero(~samples.for_pairs)
+    keep = keep[np.argsort(samples.prompt_index[keep], kind="stable")]
+    words = [WORD.findall(text.lower()) for text in samples.texts[keep]]
+    seen = Counter(w for story in words for w in story)
+    column = {w: i for i, w in enumerate(w for w, k in seen.items() if k >= min_count)}
+    counts = np.zeros((len(words), len(column)))
+    for row, story in enumerate(words):
+        for w in story:
+            if w in column:
+                counts[row, column[w]] += 1
+    num_prompts = len(np.unique(samples.prompt_index))
+    return counts.reshape(num_prompts, -1, len(column))
+
+
+def held_out_r2(features: np.ndarray, target: np.ndarray, ridge: float = 10.0) -> float:
+    """R² on the second half of the prompts of a ridge fit on the first half (within-prompt
+    centred features [P, n, F] and target [P, n])."""
+    x = features - features.mean(1, keepdims=True)
+    y = target - target.mean(1, keepdims=True)
+    fit, test = slice(0, len(x) // 2), slice(len(x) // 2, None)
+    a, b = x[fit].reshape(-1, x.shape[-1]), y[fit].ravel()
+    coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)
+    resid = y[test].ravel() - x[test].reshape(-1, x.shape[-1]) @ coef
+    return float(1 - (resid**2).sum() / (y[test] ** 2).sum())
+
+
+def story_features(bench: StoriesBenchmark, base_logps: np.ndarray) -> np.ndarray:
+    """[P, n, 12] features of each reference story beyond its words: its length in words, its
+    log-probability under the base model, and all ten scores."""
+    samples = bench.samples
+    keep = np.flatnonzero(~samples.for_pairs)
+    keep = keep[np.argsort(samples.prompt_index[keep], kind="stable")]
+    length = np.array([len(WORD.findall(text.lower())) for text in samples.texts[keep]])
+    scores = samples.rewards[keep]
+    flat = np.column_stack([length, base_logps.ravel(), scores])
+    return flat.reshape(*base_logps.shape, flat.shape[1])
+
+
+def shared_off_tilt(
+    bench: StoriesBenchmark, results: Path, policies: Sequence[str], base_logps: np.ndarray
+) -> dict:
+    """For saved policies ("variant@step", one λ): the correlation between their log-ratios'
+    parts off the optimum's tilt, and the G of their average log-ratio π ∝ π_ref e^{mean ℓ}.
+    Independent run noise would give correlations near 0, and averaging k runs would divide
+    the off-tilt variance by k; a part every method shares (the same story pushed up or down
+    whatever the run) survives the average. Also how much of each off-tilt part the story's
+    word counts and its other features (`story_features`) explain (held-out R²; the tilt itself
+    is a function of the word counts). `base_logps`: the reference draw's, [P, n]."""
+    rewards = bench.samples.reference_rewards(2)
+    beta = bench.beta_eff
+    lams, ells = set(), []
+    for name in policies:
+        variant, step = name.split("@")
+        lams.add(tuple(VARIANTS[variant]["lam"]))
+        ells.append(np.load(results.parent / "logratios" / f"{variant}_step{step}.npy"))
+    if len(lams) != 1:
+        raise SystemExit(f"--shared needs policies at one λ; got {sorted(lams)}")
+    lam = np.asarray(lams.pop(), dtype=np.float64)
+    s = rewards @ lam / beta
+    v_0 = float((rewards @ lam).mean())
+    v_opt, _ = tilt_value(rewards, s, lam, beta)
+
+    counts, features = word_counts(bench), story_features(bench, base_logps)
+
+    def summary(ell: np.ndarray) -> dict:
+        a, off = _off_tilt(ell, s)
+        value, kl = tilt_value(rewards, ell, lam, beta)
+        _, kl_aligned = tilt_value(rewards, a * s, lam, beta)
+        return {
+            "G_is": (value - v_0) / (v_opt - v_0),
+            "tilt_slope": a,
+            "kl_off_tilt": kl - kl_aligned,
+            "off_tilt_var": float(off.var()),
+            "off_tilt_r2_words": held_out_r2(counts, off),
+            "off_tilt_r2_features": held_out_r2(features, off, ridge=0.0),
+        }
+
+    ells = [e.astype(np.float64) for e in ells]
+    offs = np.stack([_off_tilt(e, s)[1].ravel() for e in ells])
+    return {
+        "kind": "shared",
+        "policies": list(policies),
+        "lam": lam.tolist(),
+        "each": [summary(e) for e in ells],
+        "average": summary(np.mean(ells, axis=0)),
+        "off_tilt_corr": np.corrcoef(offs).round(3).tolist(),
+    } | context()

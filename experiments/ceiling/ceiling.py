@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from analysis import context, decompose, mismatch
+from analysis import context, decompose, mismatch, shared_off_tilt
 from variants import (
     BETA,
     DEFAULTS,
@@ -200,7 +200,7 @@ def run_variant(name: str, steps: Sequence[int], base: dict, args, bench) -> Non
     """Train one variant from scratch up to max(steps), evaluating at each of `steps`."""
     s = DEFAULTS | VARIANTS[name]
     total = args.schedule_steps  # one schedule for the whole curve, whichever steps are evaluated
-    pl.seed_everything(0, workers=True)
+    pl.seed_everything(s["seed"], workers=True)
     policy = variant_policy(s)
     if s["method"] in ("ppo", "rloo"):
         make = ppo_module if s["method"] == "ppo" else rloo_module
@@ -261,6 +261,23 @@ def dpo_module(policy: StoriesPolicy, s: dict, total: int, bench: StoriesBenchma
     return module, data
 
 
+def print_shared(rec: dict) -> None:
+    """The `--shared` record as a table: each policy, then their average log-ratio."""
+    names = [*rec["policies"], "average of the log-ratios"]
+    print(
+        f"{'policy':42s} {'G_is':>6s} {'slope':>6s} {'KL off':>7s} {'R² words':>8s} "
+        f"{'R² other':>8s}  off-tilt corr."
+    )
+    for i, (name, m) in enumerate(zip(names, [*rec["each"], rec["average"]], strict=True)):
+        corr = (
+            " ".join(f"{c:5.2f}" for c in rec["off_tilt_corr"][i]) if i < len(rec["each"]) else ""
+        )
+        print(
+            f"{name:42s} {m['G_is']:6.3f} {m['tilt_slope']:6.2f} {m['kl_off_tilt']:7.3f} "
+            f"{m['off_tilt_r2_words']:8.3f} {m['off_tilt_r2_features']:8.3f}  {corr}"
+        )
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -275,6 +292,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results.jsonl")
     parser.add_argument("--mismatch", action="store_true", help="only the LS-vs-sum analysis")
     parser.add_argument("--decompose", action="store_true", help="only the log-ratio analysis")
+    parser.add_argument(
+        "--shared",
+        nargs="+",
+        metavar="VARIANT@STEP",
+        help="only the off-tilt correlation of saved policies at one λ, and their average's G",
+    )
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -288,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for rec in decompose(bench, args.results, done):
             append_result(args.results, rec)
             print(json.dumps(rec), flush=True)
+        return
+    if args.shared:
+        base_logps = ReferenceDraw(bench).base_logps
+        rec = shared_off_tilt(bench, args.results, args.shared, base_logps)
+        append_result(args.results, rec)
+        print_shared(rec)
         return
     if args.mismatch:
         have = {tuple(r["lam"]) for r in done if r["kind"] == "mismatch"}

@@ -70,6 +70,9 @@ VARIANTS: dict[str, dict] = {
     "rloo_r0_corner_headonly": {"method": "rloo", "lam": CORNER, "target_modules": ["lm_head"]},
     "dpo_r0_corner_lr0.01_head": {"lam": CORNER, "lr": 0.01, "target_modules": WITH_HEAD},
     "dpo_r0_corner_lr0.01_headonly": {"lam": CORNER, "lr": 0.01, "target_modules": ["lm_head"]},
+    # another seed (initialisation, batch order, rollouts): is the KL off the tilt the run's own?
+    "rloo_r0_corner_seed1": {"method": "rloo", "lam": CORNER, "seed": 1},
+    "dpo_r0_corner_lr0.01_seed1": {"lam": CORNER, "lr": 0.01, "seed": 1},
     "rloo_r8_corner_lr0.0005_exact": {
         "method": "rloo",
         "lam": CORNER,
@@ -86,6 +89,7 @@ DEFAULTS = {
     "pairs_per_prompt": 1024,
     "pair_responses_per_prompt": 256,
     "target_modules": None,  # the adapter's default layers
+    "seed": 0,
 }
 
 
