@@ -59,3 +59,18 @@ def test_compare_set_reaches_the_adapters_layers(tmp_path, monkeypatch):
         config, [f"model.init_args.policy.init_args.adapter.target_modules={layers}"]
     )
     assert "lm_head" not in adapter["target_modules"] and len(adapter["target_modules"]) == 7
+
+
+def test_shared_refuses_a_policy_not_saved_or_at_another_lambda(analysis, tmp_path):
+    """`--shared` names what is missing (and what is saved), and refuses policies at two λ."""
+    where = tmp_path / "logratios"
+    where.mkdir()
+    np.save(where / "dpo_r0_corner_step400.npy", np.zeros((2, 3), dtype=np.float32))
+    np.save(where / "dpo_r0_centre_step400.npy", np.zeros((2, 3), dtype=np.float32))
+    results = tmp_path / "results.jsonl"
+    with pytest.raises(SystemExit, match=r"no saved policy .*dpo_r0_corner_step200.*saved: "):
+        analysis.load_logratios(results, ["dpo_r0_corner@200"])
+    with pytest.raises(SystemExit, match="one λ"):
+        analysis.load_logratios(results, ["dpo_r0_corner@400", "dpo_r0_centre@400"])
+    lam, ells = analysis.load_logratios(results, ["dpo_r0_corner@400"])
+    assert lam.tolist() == [1.0, 0.0] and ells[0].shape == (2, 3)

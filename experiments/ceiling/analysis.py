@@ -19,6 +19,8 @@ from variants import BETA, VARIANTS
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.benchmarks.stories.optimum import tilted_front
 from panacea_pl.benchmarks.stories.pairs import choose_pairs
+from panacea_pl.benchmarks.stories.reference_draw import ReferenceDraw
+from panacea_pl.benchmarks.stories.samples import StorySamples
 from panacea_pl.benchmarks.stories.scorers import WORD
 
 
@@ -175,13 +177,9 @@ def _off_tilt(ell: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray]:
     return a, ell_c - a * s_c
 
 
-def word_counts(bench: StoriesBenchmark, min_count: int = 30) -> np.ndarray:
-    """[P, n, V] counts of each word (seen ≥ `min_count` times) in the reference draw's stories,
-    grouped by prompt like `reference_rewards`."""
-    samples = bench.samples
-    keep = np.flatnonzero(~samples.for_pairs)
-    keep = keep[np.argsort(samples.prompt_index[keep], kind="stable")]
-    words = [WORD.findall(text.lower()) for text in samples.texts[keep]]
+def word_counts(texts: np.ndarray, min_count: int = 30) -> np.ndarray:
+    """[P, n, V] counts of each word seen ≥ `min_count` times in `texts` ([P, n] stories)."""
+    words = [WORD.findall(text.lower()) for text in texts.ravel()]
     seen = Counter(w for story in words for w in story)
     column = {w: i for i, w in enumerate(w for w, k in seen.items() if k >= min_count)}
     counts = np.zeros((len(words), len(column)))
@@ -189,8 +187,7 @@ def word_counts(bench: StoriesBenchmark, min_count: int = 30) -> np.ndarray:
         for w in story:
             if w in column:
                 counts[row, column[w]] += 1
-    num_prompts = len(np.unique(samples.prompt_index))
-    return counts.reshape(num_prompts, -1, len(column))
+    return counts.reshape(*texts.shape, len(column))
 
 
 def held_out_r2(features: np.ndarray, target: np.ndarray, ridge: float = 10.0) -> float:
@@ -205,20 +202,35 @@ def held_out_r2(features: np.ndarray, target: np.ndarray, ridge: float = 10.0) -
     return float(1 - (resid**2).sum() / (y[test] ** 2).sum())
 
 
-def story_features(bench: StoriesBenchmark, base_logps: np.ndarray) -> np.ndarray:
+def story_features(draw: ReferenceDraw, samples: StorySamples) -> np.ndarray:
     """[P, n, 12] features of each reference story beyond its words: its length in words, its
     log-probability under the base model, and all ten scores."""
-    samples = bench.samples
-    keep = np.flatnonzero(~samples.for_pairs)
-    keep = keep[np.argsort(samples.prompt_index[keep], kind="stable")]
-    length = np.array([len(WORD.findall(text.lower())) for text in samples.texts[keep]])
-    scores = samples.rewards[keep]
-    flat = np.column_stack([length, base_logps.ravel(), scores])
-    return flat.reshape(*base_logps.shape, flat.shape[1])
+    texts = samples.texts[draw.rows]
+    length = np.vectorize(lambda text: len(WORD.findall(text.lower())))(texts)
+    return np.concatenate(
+        [length[..., None], draw.base_logps[..., None], samples.rewards[draw.rows]], axis=-1
+    )
+
+
+def load_logratios(results: Path, policies: Sequence[str]) -> tuple[np.ndarray, list]:
+    """The saved log-ratios of "variant@step" policies, which must share one λ."""
+    where = results.parent / "logratios"
+    lams, ells = set(), []
+    for name in policies:
+        variant, _, step = name.partition("@")
+        path = where / f"{variant}_step{step}.npy"
+        if variant not in VARIANTS or not path.is_file():
+            saved = sorted(p.stem.replace("_step", "@") for p in where.glob("*.npy"))
+            raise SystemExit(f"--shared {name}: no saved policy {path}; saved: {', '.join(saved)}")
+        lams.add(tuple(VARIANTS[variant]["lam"]))
+        ells.append(np.load(path).astype(np.float64))
+    if len(lams) != 1:
+        raise SystemExit(f"--shared needs policies at one λ; got {sorted(lams)}")
+    return np.asarray(lams.pop(), dtype=np.float64), ells
 
 
 def shared_off_tilt(
-    bench: StoriesBenchmark, results: Path, policies: Sequence[str], base_logps: np.ndarray
+    draw: ReferenceDraw, samples: StorySamples, results: Path, policies: Sequence[str]
 ) -> dict:
     """For saved policies ("variant@step", one λ): the correlation between their log-ratios'
     parts off the optimum's tilt, and the G of their average log-ratio π ∝ π_ref e^{mean ℓ}.
@@ -226,22 +238,14 @@ def shared_off_tilt(
     the off-tilt variance by k; a part every method shares (the same story pushed up or down
     whatever the run) survives the average. Also how much of each off-tilt part the story's
     word counts and its other features (`story_features`) explain (held-out R²; the tilt itself
-    is a function of the word counts). `base_logps`: the reference draw's, [P, n]."""
-    rewards = bench.samples.reference_rewards(2)
-    beta = bench.beta_eff
-    lams, ells = set(), []
-    for name in policies:
-        variant, step = name.split("@")
-        lams.add(tuple(VARIANTS[variant]["lam"]))
-        ells.append(np.load(results.parent / "logratios" / f"{variant}_step{step}.npy"))
-    if len(lams) != 1:
-        raise SystemExit(f"--shared needs policies at one λ; got {sorted(lams)}")
-    lam = np.asarray(lams.pop(), dtype=np.float64)
+    is a function of the word counts)."""
+    lam, ells = load_logratios(results, policies)
+    rewards, beta = draw.rewards, draw.beta
     s = rewards @ lam / beta
     v_0 = float((rewards @ lam).mean())
     v_opt, _ = tilt_value(rewards, s, lam, beta)
-
-    counts, features = word_counts(bench), story_features(bench, base_logps)
+    counts = word_counts(samples.texts[draw.rows])
+    features = story_features(draw, samples)
 
     def summary(ell: np.ndarray) -> dict:
         a, off = _off_tilt(ell, s)

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from analysis import context, decompose, mismatch, shared_off_tilt
+from analysis import context, decompose, load_logratios, mismatch, shared_off_tilt
 from variants import (
     BETA,
     DEFAULTS,
@@ -313,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(rec), flush=True)
         return
     if args.shared:
-        base_logps = ReferenceDraw(bench).base_logps
-        rec = shared_off_tilt(bench, args.results, args.shared, base_logps)
+        load_logratios(args.results, args.shared)  # a wrong name fails before the model loads
+        rec = shared_off_tilt(ReferenceDraw(bench), bench.samples, args.results, args.shared)
         append_result(args.results, rec)
         print_shared(rec)
         return
