@@ -20,19 +20,21 @@ def analysis(monkeypatch):
     return analysis
 
 
-def test_off_tilt_splits_a_log_ratio_into_slope_and_residual(analysis):
+def test_tilt_parts_splits_a_log_ratio_into_slope_and_residual(analysis):
     """ℓ = a·s + c_p + e with e uncorrelated with s within prompts: the slope is a, the residual
-    is e centred, whatever the per-prompt constants c_p."""
+    is e centred, whatever the per-prompt constants c_p; the optimum's own tilt has G = 1."""
     rng = np.random.default_rng(0)
-    s = rng.normal(size=(4, 500))
+    rewards = rng.uniform(0, 0.1, size=(4, 500, 2))
+    lam, beta = np.array([1.0, 0.0]), 0.05
+    s = rewards @ lam / beta
     e = rng.normal(size=(4, 500))
     e -= e.mean(1, keepdims=True)
     s_c = s - s.mean(1, keepdims=True)
     e -= (e * s_c).sum() / (s_c**2).sum() * s_c  # exactly orthogonal to the centred tilt
-    ell = 0.6 * s + np.arange(4)[:, None] + e
-    a, off = analysis._off_tilt(ell, s)
-    assert a == pytest.approx(0.6)
-    np.testing.assert_allclose(off, e, atol=1e-9)
+    parts = analysis.tilt_parts(rewards, 0.6 * s + np.arange(4)[:, None] + e, lam, beta)
+    assert parts["tilt_slope"] == pytest.approx(0.6)
+    np.testing.assert_allclose(parts["off_tilt"], e, atol=1e-9)
+    assert analysis.tilt_parts(rewards, s, lam, beta)["G_is"] == pytest.approx(1.0)
 
 
 def test_held_out_r2_tells_a_word_signal_from_noise(analysis):

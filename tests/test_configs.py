@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO_ROOT / "experiments"
 # Not whole `fit` configs: W&B sweep files (tests/test_sweeps.py), trainer fragments layered
 # over a config with a second --config (tests/test_strategies_gpu.py) and the stories recipes'
-# layers (test_stories_layers_parse_over_the_recipes).
+# layers (test_stories_adapter_layers).
 NOT_FIT_CONFIGS = ("sweeps/", "strategies/", "stories/layers/")
 ALL_CONFIGS = sorted(
     c

@@ -127,6 +127,29 @@ def tilt_value(rewards: np.ndarray, ell: np.ndarray, lam: np.ndarray, beta: floa
     return value, kl
 
 
+def tilt_parts(rewards: np.ndarray, ell: np.ndarray, lam: np.ndarray, beta: float) -> dict:
+    """A log-ratio ℓ [P, n] on the reference draw split along the optimum's tilt s = λ·r/β:
+    its slope a (within prompts), G and KL of π ∝ π_ref e^ℓ and of the aligned π ∝ π_ref e^{a·s},
+    the KL between them ("off the tilt"), and the residual ℓ − a·s itself (centred)."""
+    s = rewards @ lam / beta
+    s_c, ell_c = s - s.mean(1, keepdims=True), ell - ell.mean(1, keepdims=True)
+    a = float((ell_c * s_c).sum() / (s_c**2).sum())
+    v_opt, kl_opt = tilt_value(rewards, s, lam, beta)
+    v_0 = float((rewards @ lam).mean())
+    v_pol, kl_pol = tilt_value(rewards, ell, lam, beta)
+    v_al, kl_al = tilt_value(rewards, a * s, lam, beta)
+    return {
+        "tilt_slope": a,
+        "G_is": (v_pol - v_0) / (v_opt - v_0),
+        "G_aligned": (v_al - v_0) / (v_opt - v_0),
+        "kl_is": kl_pol,
+        "kl_aligned": kl_al,
+        "kl_off_tilt": kl_pol - kl_al,
+        "opt_kl": kl_opt,
+        "off_tilt": ell_c - a * s_c,
+    }
+
+
 def decompose(bench: StoriesBenchmark, results: Path, done: list[dict]) -> list[dict]:
     """For each saved log-ratio ℓ of a trained policy on the reference draw: its slope a on the
     optimum's tilt λ·r/β (within prompts), and the G of the aligned policy π ∝ π_ref e^{a·λ·r/β},
@@ -142,39 +165,16 @@ def decompose(bench: StoriesBenchmark, results: Path, done: list[dict]) -> list[
             continue
         ell = np.load(f).astype(np.float64)
         lam = np.asarray(VARIANTS[variant]["lam"], dtype=np.float64)
-        s = rewards @ lam / beta
-        s_c, ell_c = s - s.mean(1, keepdims=True), ell - ell.mean(1, keepdims=True)
-        a = float((ell_c * s_c).sum() / (s_c**2).sum())
-        v_opt, kl_opt = tilt_value(rewards, s, lam, beta)
-        v_0 = float((rewards @ lam).mean())
-        v_pol, kl_pol = tilt_value(rewards, ell, lam, beta)
-        v_al, kl_al = tilt_value(rewards, a * s, lam, beta)
+        parts = tilt_parts(rewards, ell, lam, beta)
+        del parts["off_tilt"]
         out.append(
-            {
-                "kind": "decompose",
-                "variant": variant,
-                "step": int(step),
-                "lam": lam.tolist(),
-                "tilt_slope": a,
-                "G_is": (v_pol - v_0) / (v_opt - v_0),
-                "G_aligned": (v_al - v_0) / (v_opt - v_0),
-                "kl_is": kl_pol,
-                "kl_aligned": kl_al,
-                "kl_off_tilt": kl_pol - kl_al,
-                "opt_kl": kl_opt,
-            }
+            {"kind": "decompose", "variant": variant, "step": int(step), "lam": lam.tolist()}
+            | parts
         )
     return out
 
 
 # ---- is the KL off the tilt each run's own? ----------------------------------------------------
-
-
-def _off_tilt(ell: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray]:
-    """Slope a of ℓ on the tilt s within prompts, and the residual ℓ − a·s (both centred)."""
-    s_c, ell_c = s - s.mean(1, keepdims=True), ell - ell.mean(1, keepdims=True)
-    a = float((ell_c * s_c).sum() / (s_c**2).sum())
-    return a, ell_c - a * s_c
 
 
 def word_counts(texts: np.ndarray, min_count: int = 30) -> np.ndarray:
@@ -230,43 +230,35 @@ def load_logratios(results: Path, policies: Sequence[str]) -> tuple[np.ndarray, 
 
 
 def shared_off_tilt(
-    draw: ReferenceDraw, samples: StorySamples, results: Path, policies: Sequence[str]
+    draw: ReferenceDraw, samples: StorySamples, lam: np.ndarray, ells: list[np.ndarray]
 ) -> dict:
-    """For saved policies ("variant@step", one λ): the correlation between their log-ratios'
-    parts off the optimum's tilt, and the G of their average log-ratio π ∝ π_ref e^{mean ℓ}.
+    """For saved policies' log-ratios `ells` at one λ (`load_logratios`): the correlation between
+    their parts off the optimum's tilt, and the G of their average log-ratio π ∝ π_ref e^{mean ℓ}.
     Independent run noise would give correlations near 0, and averaging k runs would divide
     the off-tilt variance by k; a part every method shares (the same story pushed up or down
     whatever the run) survives the average. Also how much of each off-tilt part the story's
     word counts and its other features (`story_features`) explain (held-out R²; the tilt itself
     is a function of the word counts)."""
-    lam, ells = load_logratios(results, policies)
-    rewards, beta = draw.rewards, draw.beta
-    s = rewards @ lam / beta
-    v_0 = float((rewards @ lam).mean())
-    v_opt, _ = tilt_value(rewards, s, lam, beta)
     counts = word_counts(samples.texts[draw.rows])
     features = story_features(draw, samples)
+    parts = [tilt_parts(draw.rewards, ell, lam, draw.beta) for ell in ells]
+    average = tilt_parts(draw.rewards, np.mean(ells, axis=0), lam, draw.beta)
 
-    def summary(ell: np.ndarray) -> dict:
-        a, off = _off_tilt(ell, s)
-        value, kl = tilt_value(rewards, ell, lam, beta)
-        _, kl_aligned = tilt_value(rewards, a * s, lam, beta)
+    def summary(p: dict) -> dict:
+        off = p["off_tilt"]
         return {
-            "G_is": (value - v_0) / (v_opt - v_0),
-            "tilt_slope": a,
-            "kl_off_tilt": kl - kl_aligned,
+            "G_is": p["G_is"],
+            "tilt_slope": p["tilt_slope"],
+            "kl_off_tilt": p["kl_off_tilt"],
             "off_tilt_var": float(off.var()),
             "off_tilt_r2_words": held_out_r2(counts, off),
             "off_tilt_r2_features": held_out_r2(features, off, ridge=0.0),
         }
 
-    ells = [e.astype(np.float64) for e in ells]
-    offs = np.stack([_off_tilt(e, s)[1].ravel() for e in ells])
     return {
         "kind": "shared",
-        "policies": list(policies),
         "lam": lam.tolist(),
-        "each": [summary(e) for e in ells],
-        "average": summary(np.mean(ells, axis=0)),
-        "off_tilt_corr": np.corrcoef(offs).round(3).tolist(),
+        "each": [summary(p) for p in parts],
+        "average": summary(average),
+        "off_tilt_corr": np.corrcoef([p["off_tilt"].ravel() for p in parts]).round(3).tolist(),
     } | context()

@@ -313,8 +313,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(rec), flush=True)
         return
     if args.shared:
-        load_logratios(args.results, args.shared)  # a wrong name fails before the model loads
-        rec = shared_off_tilt(ReferenceDraw(bench), bench.samples, args.results, args.shared)
+        lam, ells = load_logratios(args.results, args.shared)  # before the model loads
+        rec = {"policies": args.shared} | shared_off_tilt(
+            ReferenceDraw(bench), bench.samples, lam, ells
+        )
         append_result(args.results, rec)
         print_shared(rec)
         return
