@@ -4,6 +4,10 @@ adapter's layers."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +80,27 @@ def test_shared_refuses_a_policy_not_saved_or_at_another_lambda(analysis, tmp_pa
         analysis.load_logratios(results, ["dpo_r0_corner@400", "dpo_r0_centre@400"])
     lam, ells = analysis.load_logratios(results, ["dpo_r0_corner@400"])
     assert lam.tolist() == [1.0, 0.0] and ells[0].shape == (2, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fresh", "8", "--fresh-seed", "0"], "--fresh-seed 0 is the benchmark's own draw"),
+        (["--lam", "0.5", "0.5", "--shared", "rloo_r0_corner@240"], r"not \[0.5, 0.5\]"),
+        (["--shared", "rloo_r0_corner@7"], "no saved policy"),
+    ],
+)
+def test_distill_refuses_bad_settings_before_sampling(args, message):
+    """`distill.py` stops on a fit that would train on the evaluation's own stories, or on
+    `--shared` policies it cannot compare with, before any model loads or any story is drawn."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PANACEA_DATA_DIR": str(ROOT / "missing")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "ceiling" / "distill.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and re.search(message, done.stderr), done.stderr[-2000:]

@@ -40,3 +40,18 @@ def test_base_model_and_optimum_on_the_draw(draw):
     half_tilt = 0.5 * tilt - np.log(np.exp(0.5 * tilt).mean(1, keepdims=True))
     half = draw.gain(draw.base_logps + half_tilt, lam)
     assert 0 < half["G_is"] < 1 and half["G_is_se"] > 0
+
+
+def test_batch_reads_the_rows_of_another_draw(draw):
+    """`batch(rows, samples)` builds the rows of a separate draw (distill.py's fresh stories),
+    not the benchmark's rows with the same indices."""
+    bench, draw = draw
+    other = bench.samples
+    flipped = type(other)(**{**vars(other), "response_ids": other.response_ids[::-1].copy()})
+    rows = np.flatnonzero(other.prompt_index == 1)[:3]
+    mine, theirs = draw.batch(rows), draw.batch(rows, flipped)
+    assert theirs.sequences.shape == mine.sequences.shape
+    resp = theirs.sequences[:, -other.response_ids.shape[1] :]
+    expected = np.where(flipped.response_ids[rows] >= 0, flipped.response_ids[rows], 0)
+    np.testing.assert_array_equal(resp.numpy(), expected)
+    assert not np.array_equal(theirs.sequences.numpy(), mine.sequences.numpy())

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
+from panacea_pl.benchmarks.stories.samples import StorySamples
 from panacea_pl.benchmarks.stories.sampling import response_logprobs
 
 
@@ -49,11 +50,16 @@ class ReferenceDraw:
         self.boot[0] = np.arange(n)  # row 0: the estimate itself
         self.base_logps = self.logps(bench.load_model())
 
-    def batch(self, rows: np.ndarray) -> SimpleNamespace:
-        """Sample rows (indices into the benchmark's samples, all of one prompt) as a batch:
-        the prompt's ids, then each response, right-padded, with masks."""
-        prompt = self.tokenizer(self.prompts[int(self.prompt_index[rows[0]])]).input_ids
-        resp = torch.as_tensor(self.ids[rows], dtype=torch.long)  # [B, T], −1 after the end
+    def batch(self, rows: np.ndarray, samples: StorySamples | None = None) -> SimpleNamespace:
+        """Sample rows (indices into `samples`, default the benchmark's; all of one prompt) as a
+        batch: the prompt's ids, then each response, right-padded, with masks."""
+        ids, prompt_index = (
+            (self.ids, self.prompt_index)
+            if samples is None
+            else (samples.response_ids, samples.prompt_index)
+        )
+        prompt = self.tokenizer(self.prompts[int(prompt_index[rows[0]])]).input_ids
+        resp = torch.as_tensor(ids[rows], dtype=torch.long)  # [B, T], −1 after the end
         in_response = resp >= 0
         lp = len(prompt)
         seq = torch.cat([torch.tensor(prompt).expand(len(rows), lp), resp.clamp(min=0)], 1)
