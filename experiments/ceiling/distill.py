@@ -56,9 +56,6 @@ def main() -> None:
     )
     parser.add_argument("--fresh-seed", type=int, default=1, help="seed of the --fresh draw")
     parser.add_argument(
-        "--target-modules", nargs="+", default=None, help="adapted layers (default: the adapter's)"
-    )
-    parser.add_argument(
         "--full", action="store_true", help="train every weight of the model, not the adapter"
     )
     parser.add_argument(
@@ -99,10 +96,7 @@ def main() -> None:
         weights[rows] = w / w.sum()
     ess = [1 / (weights[prompt == p] ** 2).sum() for p in np.unique(prompt)]
     print(f"{len(pool)} responses; effective sample size per prompt {min(ess):.0f}–{max(ess):.0f}")
-    adapter = PanaceaConfig(
-        num_general=args.num_general, num_preferences=2, target_modules=args.target_modules
-    )
-    policy = StoriesPolicy(adapter=adapter)
+    policy = StoriesPolicy(adapter=PanaceaConfig(num_general=args.num_general, num_preferences=2))
     if args.full:
         policy.model.requires_grad_(True)
     params = policy.model.parameters() if args.full else policy.adapter.parameters()
