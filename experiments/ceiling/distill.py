@@ -132,11 +132,7 @@ def main() -> None:
                 draw_logps = draw.logps(policy.model)
             est = draw.gain(draw_logps, args.lam)
             record = {"lam": args.lam, "num_general": args.num_general, "lr": args.lr, "step": step}
-            record |= {
-                "fresh": args.fresh,
-                "target_modules": args.target_modules,
-                "full": args.full,
-            }
+            record |= {"fresh": args.fresh, "full": args.full}
             record |= est | {"train_seconds": time.perf_counter() - start}
             with open(args.results, "a") as f:
                 f.write(json.dumps(record) + "\n")
