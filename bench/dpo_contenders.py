@@ -83,7 +83,9 @@ def make_trl(model_dir: Path, pairs: list[dict], args, workdir: Path):
         beta=args.beta,
         loss_type="sigmoid",
         max_length=args.prompt_len + args.response_len,  # no truncation: the pairs are this long
-        activation_checkpointing=False,  # `gradient_checkpointing`, default True in TRL
+        # TRL's default is True; the old name, because transformers < 5.24 (the GPU image has
+        # 5.17) lacks `activation_checkpointing`, and 5.24 maps the old name onto it
+        gradient_checkpointing=False,
         disable_dropout=True,
         precompute_ref_log_probs=False,
         bf16=bf16,  # TRL's mixed precision (autocast) on top of bf16 weights, as a user runs it

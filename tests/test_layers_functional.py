@@ -175,3 +175,29 @@ def test_autocast_takes_the_fused_path_in_autocast_dtype():
     for a, b in zip(got, wanted, strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=0.5, rtol=0.05)
+
+
+def test_fp32_adapter_on_bf16_inputs_is_cast_inside_with_fp32_gradients():
+    """x and W in bf16, U, V, σ, s, λ in fp32 (bf16 autocast's case): no autograd cast nodes
+    between the parameters and the function, fp32 gradients close to the fp64 reference."""
+    x, weight, _, V, sigma, scale, lam, U = inputs(per_sample=True, bias=False)
+    adapter = [t.detach().float().requires_grad_(True) for t in (V, sigma, scale, U)]
+    out = panacea_linear(
+        x.detach().bfloat16(),
+        weight.detach().bfloat16(),
+        None,
+        *adapter[:3],
+        lam.float(),
+        adapter[3],
+    )
+    assert out.dtype == torch.bfloat16
+    parents = {type(fn).__name__ for fn, _ in out.grad_fn.next_functions if fn is not None}
+    assert parents == {"AccumulateGrad"}, parents
+    grads = torch.autograd.grad(out.float().sum(), adapter)
+    wanted = torch.autograd.grad(
+        composed(x.detach(), weight.detach(), None, V, sigma, scale, lam, U, 1.0).sum(),
+        (V, sigma, scale, U),
+    )
+    for got, exact in zip(grads, wanted, strict=True):
+        assert got.dtype == torch.float32
+        assert (got.double() - exact).abs().max() <= 0.02 * exact.abs().max()

@@ -13,6 +13,7 @@
 #   gpu_tests         pytest -m gpu over the test files that have gpu tests
 #   fused             bench/gpu/fused_check.py: fused adapter function vs separate ops
 #   adapter_overhead  bench/adapter_overhead.py on a 1.1B Llama (c/a, c/b)
+#   adapter_paths     bench/gpu/adapter_paths.py: the adapter's paths side by side, and a profile
 #   dpo_step          bench/dpo_step.py on the same model: ours vs TRL + PEFT
 #   fsdp              bench/gpu/fsdp_resume.py: FSDP steps, checkpoint, resume
 #   fsdp2             the same with experiments/strategies/fsdp2.yaml (FSDP2Strategy)
@@ -109,15 +110,19 @@ if [ "$TINY" = 1 ]; then
   FUSED=(--tiny)
   OVERHEAD=(--size tiny --batch 2 --seq 32 --steps 2 --repeats 1)
   DPO=(--size tiny --pairs 2 --prompt-len 8 --response-len 8 --rounds 1)
+  PATHS=(--size tiny --shapes 2x16 --steps 1)
 else
   FUSED=()
   OVERHEAD=(--size 1b --batch 8 --seq 512 --steps 10 --repeats 3)
   DPO=(--size 1b --pairs 8 --prompt-len 256 --response-len 256 --warmup 2 --rounds 5 --memory-steps 2)
+  PATHS=(--size 1b --shapes 8x512 16x1024 --steps 8)
 fi
 section fused 60 "$PY" "$ROOT/bench/gpu/fused_check.py" --device "$DEVICE" ${FUSED[@]+"${FUSED[@]}"} \
   --json "$SECTIONS/fused.json"
 section adapter_overhead 120 "$PY" "$ROOT/bench/adapter_overhead.py" --device "$DEVICE" \
   "${OVERHEAD[@]}" --skip-generation --json "$SECTIONS/adapter_overhead.json"
+section adapter_paths 180 "$PY" "$ROOT/bench/gpu/adapter_paths.py" --device "$DEVICE" \
+  "${PATHS[@]}" --json "$SECTIONS/adapter_paths.json"
 section dpo_step 180 "$PY" "$ROOT/bench/dpo_step.py" --device "$DEVICE" "${DPO[@]}" \
   --json "$SECTIONS/dpo_step.json"
 section fsdp 120 "$PY" "$ROOT/bench/gpu/fsdp_resume.py" --device "$DEVICE" \

@@ -16,8 +16,12 @@ each with one λ per batch and one λ per sequence. For y, ∂x, ∂U, ∂V, ∂
 largest difference between the two paths relative to the largest magnitude of the fp64 result
 (`rel_diff`; `abs_diff` and `max_abs_fp64` are its two parts), and each path's own error
 against fp64 (`rel_err_fused`, `rel_err_separate`).
-The fused path passes when rel_diff ≤ `--tol` (default 2⁻⁶, four bf16 ulps at the top of the
-range) and its error is at most twice the separate ops' error plus one bf16 ulp.
+The fused path passes a tensor when its error is at most twice the separate ops' error plus one
+bf16 ulp, and rel_diff ≤ `--tol` (default 2⁻⁶, four bf16 ulps at the top of the range) unless the
+separate ops are themselves further than `--tol` from fp64: then they are no yardstick, and the
+error against fp64 decides. This happens on the H200 for ∂s with one λ per sequence: the
+sequences' terms cancel (|∂s| ≈ 2.5 against 63 with one λ), and the separate ops' bf16 sum is off
+by 63 % of it where the fused path's fp32 sum is off by 1 % (`bench/gpu/README.md`).
 """
 
 from __future__ import annotations
@@ -120,21 +124,28 @@ def compare(case: str, per_sample: bool, shape, device: str, seed: int = 0) -> d
     return result
 
 
+def passes(tensor: dict, tol: float) -> bool:
+    """The fused path is no less accurate than the separate ops against fp64, and equals them
+    within `tol` wherever they are within `tol` of fp64 themselves."""
+    as_accurate = tensor["rel_err_fused"] <= 2 * tensor["rel_err_separate"] + BF16_ULP
+    close = tensor["rel_diff"] <= tol or tensor["rel_err_separate"] > tol
+    return as_accurate and close
+
+
 def check(device: str, shape, tol: float) -> dict:
     """Every case, per batch and per sequence; `passed` per entry and overall."""
     report = {"device": device, "shape": {"tokens": shape[0], "in": shape[1], "out": shape[2]}}
-    report["tolerance"] = {"rel_diff": tol, "rel_err_fused": "<= 2 * rel_err_separate + 2^-8"}
+    report["tolerance"] = {
+        "rel_diff": f"<= {tol} where rel_err_separate <= {tol}",
+        "rel_err_fused": "<= 2 * rel_err_separate + 2^-8",
+    }
     cases, passed = {}, True
     for case in CASES:
         for per_sample in (False, True):
             name = f"{case}/{'per_sequence' if per_sample else 'per_batch'}_lambda"
             try:
                 tensors = compare(case, per_sample, shape, device)
-                ok = all(
-                    t["rel_diff"] <= tol
-                    and t["rel_err_fused"] <= 2 * t["rel_err_separate"] + BF16_ULP
-                    for t in tensors.values()
-                )
+                ok = all(passes(t, tol) for t in tensors.values())
                 cases[name] = {"passed": ok, "tensors": tensors}
             except Exception as error:  # noqa: BLE001  (one case's failure is recorded)
                 ok = False

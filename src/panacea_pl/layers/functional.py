@@ -11,6 +11,10 @@ Autograd on the composed ops is correct but slow on CPU; this function removes t
 - Autograd adds the base and the adapter contributions to y and to ∂x in separate passes over
   the full activation; here the adapter's GEMM accumulates into the base GEMM's result.
 - d is built inside, so σ, s and λ add no autograd nodes of their own.
+On a GPU at a few thousand tokens per step the step waits on kernel launches, not on the GPU
+(`bench/gpu/adapter_paths.py`), so the function also keeps its kernel count down: U, V and d
+are cast to x's dtype inside it (fp32 adapters under bf16 autocast need no autograd cast nodes),
+and with one block there are no per-block sums or copies.
 """
 
 from __future__ import annotations
@@ -50,12 +54,14 @@ def _scale(h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _reduce(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """∂d from the per-token products p [blocks, r, n]: summed over tokens to d's shape."""
+    """∂d from the per-token products p [blocks, r, n]: summed over tokens to d's shape, in
+    fp32 at least (bf16 products summed straight into fp32)."""
+    dtype = torch.promote_types(p.dtype, torch.float32)
     if d.dim() == 1:
-        return p.sum((0, 2))
+        return p.sum((0, 2), dtype=dtype)
     blocks, r, n = p.shape
     per_block = d.shape[0] // blocks
-    per_sequence = p.view(blocks, r, per_block, n // max(per_block, 1)).sum(-1)
+    per_sequence = p.view(blocks, r, per_block, n // max(per_block, 1)).sum(-1, dtype=dtype)
     return per_sequence.transpose(1, 2).reshape(d.shape)
 
 
@@ -63,12 +69,16 @@ class PanaceaLinearFunction(torch.autograd.Function):
     """y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ for x [..., in], W [out, in], V [r, in], U [out, r],
     d = `singular_values(σ, s, λ, c)`.
 
-    λ is [m] or [B, m] with B = x.shape[0]; every tensor has the same dtype and device.
+    λ is [m] or [B, m] with B = x.shape[0]. x, W and b share a dtype (the compute dtype); U, V,
+    σ, s and λ share another (the adapter's, e.g. fp32 under bf16 autocast): U, V and d are cast
+    to the compute dtype inside, and their gradients come back in the adapter's dtype.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, V, sigma, scale, preference, U, scaling):
-        d = singular_values(sigma, scale, preference, scaling)
+        dtype = x.dtype
+        d = singular_values(sigma, scale, preference, scaling).to(dtype)
+        V, U = V.to(dtype), U.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
         blocks = _token_blocks(x2.shape[0], d, x.device)
         xb = x2.view(blocks, -1, x2.shape[-1])
@@ -82,15 +92,17 @@ class PanaceaLinearFunction(torch.autograd.Function):
             out.view(blocks, -1, out.shape[-1]).baddbmm_(hd.transpose(1, 2), u_t)
         ctx.save_for_backward(xb, weight, V, d, U, xv, hd, preference)
         ctx.x_shape, ctx.scaling, ctx.num_general = x.shape, scaling, sigma.shape[0]
+        ctx.adapter_dtype = sigma.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         xb, weight, V, d, U, xv, hd, preference = ctx.saved_tensors
         need_x, need_w, need_b, need_v, need_sigma, need_scale, _, need_u, _ = ctx.needs_input_grad
-        blocks = xb.shape[0]
+        blocks, adapter_dtype = xb.shape[0], ctx.adapter_dtype
         gb = grad.reshape(blocks, -1, grad.shape[-1])
-        gu = torch.bmm(U.T.contiguous().expand(blocks, -1, -1), gb.transpose(1, 2))  # (g U)ᵀ
+        u_t = U.T.contiguous() if blocks > 1 else U.T  # CPU BLAS wants it dense; cuBLAS does not
+        gu = torch.bmm(u_t.expand(blocks, -1, -1), gb.transpose(1, 2))  # (g U)ᵀ
         gud = _scale(gu, d)
         grad_x = grad_w = grad_b = grad_v = grad_sigma = grad_scale = grad_u = None
         if need_x:
@@ -101,18 +113,25 @@ class PanaceaLinearFunction(torch.autograd.Function):
         if need_b:
             grad_b = gb.sum((0, 1))
         if need_v:
-            grad_v = torch.bmm(gud, xb).sum(0)
+            grad_v = _sum_blocks(torch.bmm(gud, xb)).to(adapter_dtype)
         if need_sigma or need_scale:
-            grad_d = _reduce(gu * xv, d)
+            grad_d = _reduce(gu * xv, d)  # fp32, rounded once at the end
             if ctx.scaling != 1.0:
                 grad_d = grad_d * ctx.scaling
             grad_sigma, grad_lam = grad_d[..., : ctx.num_general], grad_d[..., ctx.num_general :]
             if d.dim() == 2:
                 grad_sigma = grad_sigma.sum(0)
-            grad_scale = (grad_lam * preference).sum().view(1)
+            lam = preference.reshape(-1).to(grad_lam.dtype)
+            grad_scale = torch.dot(grad_lam.reshape(-1), lam).view(1).to(adapter_dtype)
+            grad_sigma = grad_sigma.to(adapter_dtype)
         if need_u:
-            grad_u = torch.bmm(hd, gb).sum(0).T
+            grad_u = _sum_blocks(torch.bmm(hd, gb)).T.to(adapter_dtype)
         return grad_x, grad_w, grad_b, grad_v, grad_sigma, grad_scale, None, grad_u, None
+
+
+def _sum_blocks(t: torch.Tensor) -> torch.Tensor:
+    """t [blocks, ...] summed over blocks; a view when there is one."""
+    return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
 def panacea_linear(x, weight, bias, V, sigma, scale, preference, U, scaling=1.0):

@@ -148,8 +148,8 @@ class PanaceaLinear(nn.Module):
         device = x.device.type
         if not torch.is_autocast_enabled(device):
             return panacea_linear(*tensors, self.scaling)
-        dtype = torch.get_autocast_dtype(device)
-        tensors = [t if t is None else t.to(dtype) for t in tensors]
+        dtype = torch.get_autocast_dtype(device)  # x, W, b in it; U, V, d are cast inside
+        tensors[:3] = [t if t is None else t.to(dtype) for t in tensors[:3]]
         with torch.autocast(device, enabled=False):
             return panacea_linear(*tensors, self.scaling)
 
