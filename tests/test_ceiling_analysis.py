@@ -4,6 +4,8 @@ adapter's layers."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import subprocess
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import stories_small
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +93,7 @@ def test_shared_refuses_a_policy_not_saved_or_at_another_lambda(analysis, tmp_pa
         (["--fresh", "8", "--fresh-seed", "0"], "--fresh-seed 0 is the benchmark's own draw"),
         (["--lam", "0.5", "0.5", "--shared", "rloo_r0_corner@240"], r"not \[0.5, 0.5\]"),
         (["--shared", "rloo_r0_corner@7"], "no saved policy"),
+        (["--benchmark", "num_prompt=8"], r"--benchmark 'num_prompt=8': expected KEY=VALUE"),
     ],
 )
 def test_distill_refuses_bad_settings_before_sampling(args, message):
@@ -104,3 +109,64 @@ def test_distill_refuses_bad_settings_before_sampling(args, message):
         timeout=120,
     )
     assert done.returncode != 0 and re.search(message, done.stderr), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("seed=3", "expected KEY=VALUE with KEY one of"),  # --fresh-seed's; the study's own
+        ("num_prompts", "expected KEY=VALUE"),
+        ("num_prompts=eight", "'eight' is not a number"),
+    ],
+)
+def test_distill_benchmark_settings_refuse_what_they_cannot_pass_on(
+    item, message, capsys, analysis
+):
+    import distill  # beside `analysis`, on the path the fixture adds
+
+    parser = argparse.ArgumentParser(prog="distill.py")
+    with pytest.raises(SystemExit):
+        distill.benchmark_settings([item], parser)
+    assert message in capsys.readouterr().err
+    settings = distill.benchmark_settings(["num_prompts=8", "soft_labels=False"], parser)
+    assert settings == {"num_prompts": 8, "soft_labels": False}
+
+
+@pytest.mark.slow
+def test_distill_fits_and_records_on_a_small_benchmark(tmp_path, tmp_path_factory, shared_data):
+    """`distill.py` as a user runs it, on the tests' small benchmark: a --fresh draw, two
+    evaluations, each a JSON line with G and its standard error."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PANACEA_DATA_DIR": str(shared_data)}
+    env["PANACEA_CACHE_DIR"] = str(stories_small.cache_root(tmp_path_factory))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    small = [f"{k}={v}" for k, v in stories_small.SMALL.items() if k != "progress"]
+    results = tmp_path / "distill.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "ceiling" / "distill.py"),
+            "--benchmark",
+            *small,
+            "--steps",
+            "1",
+            "2",
+            "--batch",
+            "4",
+            "--fresh",
+            "16",
+            "--results",
+            str(results),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert record["fresh"] == 16 and record["lam"] == [1.0, 0.0]
+        assert np.isfinite(record["G_is"]) and record["G_is_se"] > 0
+    assert "step 2: G_is" in done.stdout

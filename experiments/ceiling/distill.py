@@ -3,6 +3,8 @@
     python experiments/ceiling/distill.py --lam 1 0 --num-general 0 --steps 100 200 400
     python experiments/ceiling/distill.py --fresh 4096 --steps 200 400 800 1600 \
         --shared rloo_r0_corner@240 rloo_r0_corner_seed1@240
+    python experiments/ceiling/distill.py --benchmark num_prompts=8 max_new_tokens=24 \
+        --steps 2 --results /tmp/check.jsonl     # a quick check on a small benchmark
 
 π*_λ ∝ π_ref·exp(λ·r/β_eff) is known in closed form up to its normaliser, so on π_ref samples
 the forward KL(π* ‖ π_θ) is, up to a constant, −Σ_j w_j log π_θ(y_j | x) with self-normalised
@@ -26,6 +28,8 @@ get wrong, so a KL off the tilt it shares with RL-trained policies is the model'
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import json
 import time
 from pathlib import Path
@@ -44,7 +48,27 @@ from panacea_pl.models.logprobs import sequence_logprobs
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
+def benchmark_settings(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """`KEY=VALUE` strings as StoriesBenchmark keyword arguments (values as Python literals);
+    a key it does not take, or one this script sets itself, is a usage error."""
+    allowed = [
+        name
+        for name, p in inspect.signature(StoriesBenchmark).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in ("seed", "progress")
+    ]
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            parser.error(f"--benchmark {item!r}: expected KEY=VALUE with KEY one of {allowed}")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--benchmark {item!r}: {value!r} is not a number or a boolean")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float, nargs=2, default=[1.0, 0.0])
     parser.add_argument("--num-general", type=int, default=0, help="k of the adapter")
@@ -66,7 +90,16 @@ def main() -> None:
         help="saved ceiling.py policies to compare the last step's off-tilt part with",
     )
     parser.add_argument("--results", type=Path, default=HERE / "distill.jsonl")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--benchmark",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="StoriesBenchmark settings instead of the study's defaults, e.g. num_prompts=8 "
+        "max_new_tokens=24 for a quick check (--fresh still sets its draw's own sizes)",
+    )
+    args = parser.parse_args(argv)
+    settings = benchmark_settings(args.benchmark, parser)
     if args.fresh and args.fresh_seed == 0:
         parser.error("--fresh-seed 0 is the benchmark's own draw, which the evaluation uses")
     if args.shared:  # before anything loads
@@ -75,15 +108,13 @@ def main() -> None:
             parser.error(f"--shared policies are at λ = {shared_lam.tolist()}, not {args.lam}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    bench = StoriesBenchmark(progress=False)
+    bench = StoriesBenchmark(progress=False, **settings)
     draw = ReferenceDraw(bench)
     samples = bench.samples
     if args.fresh:  # a separate draw: every response "for pairs", no reference part
-        samples = StoriesBenchmark(
-            pair_responses_per_prompt=args.fresh,
-            reference_samples_per_prompt=0,
-            seed=args.fresh_seed,
-        ).samples
+        fresh = settings | {"pair_responses_per_prompt": args.fresh}
+        fresh |= {"reference_samples_per_prompt": 0, "seed": args.fresh_seed}
+        samples = StoriesBenchmark(**fresh, progress=False).samples
     lam = torch.tensor(args.lam)
     pool = np.flatnonzero(samples.for_pairs)
     rewards = samples.rewards[pool, :2] @ np.asarray(args.lam)
