@@ -101,7 +101,7 @@ class PanaceaLinearFunction(torch.autograd.Function):
         need_x, need_w, need_b, need_v, need_sigma, need_scale, _, need_u, _ = ctx.needs_input_grad
         blocks, adapter_dtype = xb.shape[0], ctx.adapter_dtype
         gb = grad.reshape(blocks, -1, grad.shape[-1])
-        u_t = U.T.contiguous() if blocks > 1 else U.T  # CPU BLAS wants it dense; cuBLAS does not
+        u_t = U.T.contiguous() if xb.device.type == "cpu" else U.T  # for CPU BLAS, not cuBLAS
         gu = torch.bmm(u_t.expand(blocks, -1, -1), gb.transpose(1, 2))  # (g U)ᵀ
         gud = _scale(gu, d)
         grad_x = grad_w = grad_b = grad_v = grad_sigma = grad_scale = grad_u = None
