@@ -30,21 +30,18 @@ from adapter_overhead import (  # noqa: E402
     SIZES,
     TARGETS,
     build,
+    build_panacea,
     median_interleaved,
     step_timer,
 )
 
-from panacea_pl.layers import PanaceaConfig, inject_adapter  # noqa: E402
-
 
 def _panacea(args, path: str):
-    """A model with Panacea on TARGETS whose layers take `path` ('fused' or 'composed');
+    """`build_panacea`'s model with its layers on `path` ('fused' or 'composed');
     (model, parameters, adapter)."""
-    model = build(size=args.size, device=args.device, dtype=args.dtype)
-    config = PanaceaConfig(num_general=8, num_preferences=2, target_modules=TARGETS)
-    adapter = inject_adapter(model, config)
-    for layer in adapter.layers.values():
-        if path == "composed":
+    model, adapter = build_panacea(args)
+    if path == "composed":
+        for layer in adapter.layers.values():
             layer._fused = _never
     return model.train(), list(adapter.parameters()), adapter
 
@@ -58,7 +55,12 @@ def _peft(args):
 
     model = get_peft_model(
         build(size=args.size, device=args.device, dtype=args.dtype),
-        LoraConfig(r=10, lora_alpha=10, target_modules=TARGETS, lora_dropout=0.0),
+        LoraConfig(
+            r=args.num_general + 2,
+            lora_alpha=args.num_general + 2,
+            target_modules=TARGETS,
+            lora_dropout=0.0,
+        ),
     )
     return model.train(), [p for p in model.parameters() if p.requires_grad]
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="batch x sequence length; the first is also profiled",
     )
     parser.add_argument("--steps", type=int, default=8, help="interleaved timed rounds")
+    parser.add_argument("--num-general", type=int, default=8, help="k; rank k + 2, as PEFT's r")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.dtype = "bfloat16"  # bf16 base, fp32 adapters, bf16 autocast: Lightning's bf16-mixed

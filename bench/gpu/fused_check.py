@@ -20,8 +20,8 @@ The fused path passes a tensor when its error is at most twice the separate ops'
 bf16 ulp, and rel_diff ≤ `--tol` (default 2⁻⁶, four bf16 ulps at the top of the range) unless the
 separate ops are themselves further than `--tol` from fp64: then they are no yardstick, and the
 error against fp64 decides. This happens on the H200 for ∂s with one λ per sequence: the
-sequences' terms cancel (|∂s| ≈ 2.5 against 63 with one λ), and the separate ops' bf16 sum is off
-by 63 % of it where the fused path's fp32 sum is off by 1 % (`bench/gpu/README.md`).
+sequences' terms cancel (|∂s| ≈ 2.5 against 63 with one λ), and the separate ops are off by
+26–63 % of it where the fused path is off by 1–15 % (`bench/gpu/README.md`).
 """
 
 from __future__ import annotations
