@@ -90,6 +90,9 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
     assert overhead["c_a"] > 0 and overhead["c_b"] > 0 and overhead["config"]["size"] == "tiny"
     paths = sections["adapter_paths"]["result"]["shapes"]["2x16"]["seconds"]
     assert set(paths) >= {"a_frozen_base", "b_peft_lora", "c_fused", "c_composed_per_sequence"}
+    compiled = sections["adapter_compiled"]["result"]
+    assert compiled["config"]["compile"] == "aot_eager"
+    assert set(compiled["shapes"]["2x16"]["seconds"]) == {"a_frozen_base", "b_peft_lora", "c_fused"}
     dpo = sections["dpo_step"]["result"]
     for side in ("ours", "trl"):
         assert dpo[side]["tokens_per_s"] > 0 and dpo[side]["peak"] > 0
@@ -97,7 +100,7 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
     assert sections["fsdp"]["result"]["passed"] is True
     fsdp2 = sections["fsdp2"]["result"]
     assert fsdp2["passed"] is True and fsdp2["strategy"] == "FSDP2Strategy"  # runs on CPU too
-    assert (tmp_path / "gpu_check.log").read_text().count("=== ") >= 12
+    assert (tmp_path / "gpu_check.log").read_text().count("=== ") >= 14
 
 
 def test_collect_marks_failures_and_timeouts(tmp_path):

@@ -201,3 +201,30 @@ def test_fp32_adapter_on_bf16_inputs_is_cast_inside_with_fp32_gradients():
     for got, exact in zip(grads, wanted, strict=True):
         assert got.dtype == torch.float32
         assert (got.double() - exact).abs().max() <= 0.02 * exact.abs().max()
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_torch_compile_traces_the_function_whole_with_eager_gradients(per_sample):
+    """`torch.compile` (how CUDA graphs capture a step) sees one graph, no breaks: the CPU
+    thread count that picks token blocks is not traceable, so a compiled call uses one block;
+    values and gradients equal the eager call's."""
+    torch._dynamo.reset()
+    args = inputs(per_sample, bias=True)
+    explained = torch._dynamo.explain(panacea_linear)(*args, 0.5)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [
+        r.reason for r in explained.break_reasons
+    ]
+    grad_out = torch.randn(4, 6, 7, dtype=torch.float64)
+    compiled = torch.compile(panacea_linear, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (panacea_linear, compiled):
+        args = inputs(per_sample, bias=True)
+        out = fn(*args, 0.5)
+        grads = torch.autograd.grad(
+            out, [a for a in args if a is not None and a.requires_grad], grad_out
+        )
+        results.append((out, grads))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for got, wanted in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, wanted)
+    torch._dynamo.reset()

@@ -13,6 +13,12 @@ of two steps: CUDA kernels per step, the time the GPU spent in kernels per step,
 time per step (the profiler slows the CPU side, so compare the kernel time with the unprofiled
 medians). A median step far above its kernel time waits on the CPU that launches the kernels,
 not on the GPU.
+
+`--compile cudagraphs` runs a, b and c_fused through `torch.compile` instead (one λ only, no
+c_composed): the `cudagraphs` backend replays each step's forward and backward as CUDA graphs
+with no code generation, so it removes the launch cost and nothing else; `inductor` adds
+Inductor's fused kernels (mode `reduce-overhead` on CUDA: CUDA graphs too). `aot_eager` is the
+CPU smoke test of the same tracing.
 """
 
 from __future__ import annotations
@@ -78,17 +84,31 @@ def build_models(args) -> dict:
 
 def build_steps(args, models: dict, batch: torch.Tensor) -> dict:
     """Every contender's timed training step on `batch`; Panacea with one λ per batch and with
-    one λ per sequence (set before each step, outside the timed part)."""
+    one λ per sequence (set before each step, outside the timed part). Compiled: one λ only,
+    and c_composed left out."""
     steps = {}
     rows = torch.distributions.Dirichlet(torch.ones(2)).sample((batch.shape[0],)).to(args.device)
     for name, (model, params, adapter) in models.items():
+        if args.compile != "none":
+            if name == "c_composed":
+                continue
+            model = compiled(model, args)
         timer = step_timer(model, batch, params, args, embed_grad=adapter is None and not params)
         if adapter is None:
             steps[name] = timer
             continue
         steps[name] = _with_preference(adapter, [0.3, 0.7], timer)
-        steps[f"{name}_per_sequence"] = _with_preference(adapter, rows, timer)
+        if args.compile == "none":
+            steps[f"{name}_per_sequence"] = _with_preference(adapter, rows, timer)
     return steps
+
+
+def compiled(model, args):
+    """`torch.compile(model)` with `--compile`'s backend (Inductor: CUDA graphs on CUDA)."""
+    if args.compile == "inductor":
+        mode = "reduce-overhead" if args.device == "cuda" else None
+        return torch.compile(model, mode=mode)
+    return torch.compile(model, backend=args.compile)
 
 
 def _with_preference(adapter, preference, timer):
@@ -133,15 +153,24 @@ def measure(args, models, batch_size: int, seq: int, with_profile: bool) -> dict
     torch.manual_seed(0)
     batch = torch.randint(0, SIZES[args.size][0], (batch_size, seq)).to(args.device)
     steps = build_steps(args, models, batch)
+    if args.compile != "none":  # compiling, then CUDA graphs' warm-up and capture: untimed
+        start = time.perf_counter()
+        for _ in range(3):
+            for step in steps.values():
+                step()
+        print(f"  compile ({args.compile}) and warm-up: {time.perf_counter() - start:.1f} s")
     seconds = median_interleaved(steps, args.steps)
     a, b = seconds["a_frozen_base"], seconds["b_peft_lora"]
-    print(f"\n{args.size} Llama, batch {batch_size}x{seq}, {args.device}, bf16 autocast")
+    how = "" if args.compile == "none" else f", torch.compile ({args.compile})"
+    print(f"\n{args.size} Llama, batch {batch_size}x{seq}, {args.device}, bf16 autocast{how}")
     print("  contender                     median s   / base   / PEFT")
     for name, s in seconds.items():
         print(f"  {name:28s} {s:9.4f} {s / a:8.3f} {s / b:8.3f}")
     result = {"seconds": seconds, "profile": {}}
     if with_profile:
         for name in ("a_frozen_base", "b_peft_lora", "c_composed", "c_fused"):
+            if name not in steps:
+                continue
             try:
                 result["profile"][name] = p = profile(steps[name], args.device)
             except Exception as error:  # noqa: BLE001  (the timings above are kept)
@@ -174,6 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--steps", type=int, default=8, help="interleaved timed rounds")
     parser.add_argument("--num-general", type=int, default=8, help="k; rank k + 2, as PEFT's r")
+    parser.add_argument(
+        "--compile",
+        choices=["none", "cudagraphs", "inductor", "aot_eager"],
+        default="none",
+        help="run a, b and c_fused through torch.compile with this backend",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.dtype = "bfloat16"  # bf16 base, fp32 adapters, bf16 autocast: Lightning's bf16-mixed

@@ -14,6 +14,7 @@
 #   fused             bench/gpu/fused_check.py: fused adapter function vs separate ops
 #   adapter_overhead  bench/adapter_overhead.py on a 1.1B Llama (c/a, c/b)
 #   adapter_paths     bench/gpu/adapter_paths.py: the adapter's paths side by side, and a profile
+#   adapter_compiled  the same through torch.compile's cudagraphs backend: without launch cost
 #   dpo_step          bench/dpo_step.py on the same model: ours vs TRL + PEFT
 #   fsdp              bench/gpu/fsdp_resume.py: FSDP steps, checkpoint, resume
 #   fsdp2             the same with experiments/strategies/fsdp2.yaml (FSDP2Strategy)
@@ -111,11 +112,13 @@ if [ "$TINY" = 1 ]; then
   OVERHEAD=(--size tiny --batch 2 --seq 32 --steps 2 --repeats 1)
   DPO=(--size tiny --pairs 2 --prompt-len 8 --response-len 8 --rounds 1)
   PATHS=(--size tiny --shapes 2x16 --steps 1)
+  COMPILED=(--size tiny --shapes 2x16 --steps 1 --compile aot_eager)
 else
   FUSED=()
   OVERHEAD=(--size 1b --batch 8 --seq 512 --steps 10 --repeats 3)
   DPO=(--size 1b --pairs 8 --prompt-len 256 --response-len 256 --warmup 2 --rounds 5 --memory-steps 2)
   PATHS=(--size 1b --shapes 8x512 16x1024 --steps 8)
+  COMPILED=(--size 1b --shapes 8x512 16x1024 --steps 8 --compile cudagraphs)
 fi
 section fused 60 "$PY" "$ROOT/bench/gpu/fused_check.py" --device "$DEVICE" ${FUSED[@]+"${FUSED[@]}"} \
   --json "$SECTIONS/fused.json"
@@ -123,6 +126,8 @@ section adapter_overhead 120 "$PY" "$ROOT/bench/adapter_overhead.py" --device "$
   "${OVERHEAD[@]}" --skip-generation --json "$SECTIONS/adapter_overhead.json"
 section adapter_paths 180 "$PY" "$ROOT/bench/gpu/adapter_paths.py" --device "$DEVICE" \
   "${PATHS[@]}" --json "$SECTIONS/adapter_paths.json"
+section adapter_compiled 240 "$PY" "$ROOT/bench/gpu/adapter_paths.py" --device "$DEVICE" \
+  "${COMPILED[@]}" --json "$SECTIONS/adapter_compiled.json"
 section dpo_step 180 "$PY" "$ROOT/bench/dpo_step.py" --device "$DEVICE" "${DPO[@]}" \
   --json "$SECTIONS/dpo_step.json"
 section fsdp 120 "$PY" "$ROOT/bench/gpu/fsdp_resume.py" --device "$DEVICE" \

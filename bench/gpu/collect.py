@@ -23,6 +23,7 @@ SECTIONS = [
     "fused",
     "adapter_overhead",
     "adapter_paths",
+    "adapter_compiled",
     "dpo_step",
     "fsdp",
     "fsdp2",
@@ -86,12 +87,15 @@ def summary(sections: dict) -> list[str]:
             line += f"  fused == separate ops: {result['passed']}"
         elif name == "adapter_overhead" and "c_a" in result:
             line += f"  c/a {result['c_a']:.3f} (<= 1.10)  c/b {result['c_b']:.3f} (<= 1.00)"
-        elif name == "adapter_paths" and "shapes" in result:
+        elif name in ("adapter_paths", "adapter_compiled") and "shapes" in result:
             for shape, numbers in result["shapes"].items():
                 t = numbers["seconds"]
                 line += f"  {shape}: " + ", ".join(
-                    f"{k[2:]} {t[k] / t['b_peft_lora']:.2f}" for k in ("c_composed", "c_fused")
+                    f"{k[2:]} {t[k] / t['b_peft_lora']:.2f}"
+                    for k in ("c_composed", "c_fused")
+                    if k in t
                 )
+                line += f", PEFT/base {t['b_peft_lora'] / t['a_frozen_base']:.2f}"
             line += " (× PEFT's step)"
         elif name == "dpo_step" and "ours" in result:
             ours, trl = result["ours"], result["trl"]

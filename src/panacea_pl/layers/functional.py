@@ -36,8 +36,9 @@ def singular_values(
 
 def _token_blocks(tokens: int, d: torch.Tensor, device: torch.device) -> int:
     """Up to one block of tokens per CPU thread, splitting evenly (whole sequences per block
-    for per-sample d); one block on GPUs."""
-    if device.type != "cpu":
+    for per-sample d); one block on GPUs and under `torch.compile` (the thread count is not
+    traceable)."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
         return 1
     rows = tokens if d.dim() == 1 else d.shape[0]
     return max(math.gcd(torch.get_num_threads(), rows), 1)
