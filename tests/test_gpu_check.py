@@ -103,6 +103,33 @@ def test_cpu_dry_run_writes_every_section(tmp_path):
     assert (tmp_path / "gpu_check.log").read_text().count("=== ") >= 14
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["none", "aot_eager"])
+def test_adapter_paths_runs_on_cpu_eager_and_compiled(tmp_path, backend):
+    """`adapter_paths.py` as check.sh runs it (tiny sizes): eager, every contender with both
+    kinds of λ; through torch.compile, a, b and ours fused only, each with a profile."""
+    out = tmp_path / "paths.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "bench/gpu/adapter_paths.py", "--device", "cpu", "--size", "tiny"]
+        + ["--shapes", "2x16", "--steps", "1", "--compile", backend, "--json", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    shape = json.loads(out.read_text())["shapes"]["2x16"]
+    wanted = {"a_frozen_base", "b_peft_lora", "c_fused"}
+    if backend == "none":
+        wanted |= {"c_composed", "c_fused_per_sequence", "c_composed_per_sequence"}
+    assert set(shape["seconds"]) == wanted and all(t > 0 for t in shape["seconds"].values())
+    assert set(shape["profile"]) == wanted - {"c_fused_per_sequence", "c_composed_per_sequence"}
+    assert ("compile (aot_eager) and warm-up" in done.stdout) == (backend == "aot_eager")
+
+
 def test_collect_marks_failures_and_timeouts(tmp_path):
     (tmp_path / "fused.meta.json").write_text('{"rc": 1, "seconds": 1.0, "limit_s": 60}')
     (tmp_path / "fused.out").write_text("line\n" * 100 + "Traceback: boom\n")
