@@ -80,3 +80,19 @@ def test_a_reference_without_the_top_level_m_is_a_parse_error(capsys, tmp_path, 
         run_lightning_cli(["fit", "--config", str(tmp_path / "no_m.yaml")])
     assert exit_info.value.code == 2
     assert "needs the config's top-level `num_preferences: m`" in capsys.readouterr().err
+
+
+def test_a_layered_file_using_m_without_stating_it_says_where_to_state_it(
+    capsys, tmp_path, monkeypatch
+):
+    """A fragment over a recipe is resolved on its own: the recipe's m does not reach it, and
+    the error says so (the mistake of a user who copies a callback block out of a recipe)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text(
+        "data:\n  init_args:\n    num_dimensions: ${panacea.num_preferences:}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(["fit", "--config", str(GRPO), "--config", str(tmp_path / "mine.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "each config file is resolved on its own" in err and "--config mine.yaml" in err

@@ -74,7 +74,10 @@ def config_num_preferences(*, _root_: Any) -> int:
     if m is None:
         raise ValueError(
             f"${{{NUM_PREFERENCES}:}} needs the config's top-level `num_preferences: m` (the "
-            "number of preference dimensions, stated once for every component)"
+            "number of preference dimensions, stated once for every component) in the same "
+            "file: each config file is resolved on its own, so a file layered over a recipe "
+            "(--config recipe.yaml --config mine.yaml) that uses it states `num_preferences` "
+            "too, or writes the number"
         )
     return m
 
