@@ -295,6 +295,41 @@ def test_demo_shrunk(workdir):
     assert_quiet(proc.out)
 
 
+def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
+    """`make demo`'s own recipe (experiments/stories/panacea_grpo.yaml, with its weight
+    average) through the installed console script, shrunk: 2 prompts' worth of stories, 2
+    optimiser steps, a 3-point sweep on the small benchmark."""
+    sweep = yaml.safe_load((workdir / "small.yaml").read_text())["trainer"]["callbacks"][0]
+    sweep["init_args"]["sweep_on_fit_start"] = False
+    small = {
+        "trainer": {
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                sweep,
+                {"class_path": "panacea_pl.callbacks.TrainableEMA", "init_args": {"decay": 0.9}},
+            ],
+        },
+        "model": {"init_args": {"group_size": 2, "max_new_tokens": 8, "minibatch_size": 4}},
+        "data": {"init_args": {"num_prompts": 4, "batch_size": 4}},
+    }
+    (workdir / "small_rloo.yaml").write_text(yaml.safe_dump(small))
+    grpo = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")
+    proc = console_script(
+        "demo", "--config", grpo, "--config", "small_rloo.yaml", "--max-steps", "2", cwd=workdir
+    )
+    assert proc.returncode == 0, proc.out
+    assert "training Panacea for 2 optimiser steps" in proc.out and "[3/3] the front" in proc.out
+    # step 1 built the small benchmark, read from the sweep's evaluator (the prompts have none)
+    from panacea_pl.benchmarks.stories import StoriesBenchmark
+
+    small_pairs = StoriesBenchmark(num_dimensions=2, **stories_small.SMALL).pairs_path
+    assert f"pairs: {small_pairs}" in proc.out
+    folder = re.search(r"run folder: (\S+)", proc.out).group(1)
+    assert "panacea_grpo" in folder and (workdir / folder / "pareto" / "final.csv").is_file()
+    assert_quiet(proc.out)
+
+
 def test_baseline(workdir):
     proc = panacea_pl(
         "baseline", "--config", str(stories_small.REPO_ROOT / "experiments/stories/dps.yaml"),

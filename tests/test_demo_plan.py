@@ -1,0 +1,58 @@
+"""What `panacea-pl demo` trains, decided before anything loads: the default recipe and budget,
+a user's config at its own length, and the benchmark its sweep will judge against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from panacea_pl import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+GRPO = ROOT / "experiments" / "stories" / "panacea_grpo.yaml"
+DPO = ROOT / "experiments" / "stories" / "panacea_dpo.yaml"
+
+
+def test_the_default_is_the_rloo_recipe_for_250_iterations():
+    configs, steps = demo.training_plan(None, None)
+    assert [c.resolve() for c in configs] == [GRPO] and steps == 1000
+    recipe = yaml.safe_load(GRPO.read_text())
+    assert recipe["model"]["class_path"] == "panacea_pl.modules.PanaceaGRPO"
+    # 16 prompts of 8 stories, minibatches of 32 rows, one pass: 4 optimiser steps per iteration
+    init = recipe["model"]["init_args"]
+    rows = recipe["data"]["init_args"]["batch_size"] * init["group_size"]
+    assert steps // (init["epochs"] * rows // init["minibatch_size"]) == 250
+    assert demo.training_plan(None, 8) == ([configs[0]], 8)
+
+
+def test_a_given_config_runs_for_its_own_length_unless_told(tmp_path):
+    assert demo.training_plan([DPO], None) == ([DPO], None)
+    assert demo.training_plan([DPO, GRPO], 40) == ([DPO, GRPO], 40)
+
+
+def test_the_benchmark_comes_from_the_data_else_from_the_sweep(tmp_path):
+    """DPO's pairs carry the benchmark settings; an on-policy recipe's prompts do not, and its
+    sweep's evaluator does."""
+    sweep = {
+        "trainer": {
+            "callbacks": [
+                {"class_path": "panacea_pl.callbacks.TrainableEMA", "init_args": {"decay": 0.9}},
+                {
+                    "class_path": "panacea_pl.callbacks.ParetoSweep",
+                    "init_args": {
+                        "evaluator": {"init_args": {"benchmark": {"num_prompts": 8, "seed": 3}}}
+                    },
+                },
+            ]
+        }
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert demo._benchmark_settings([GRPO]) == {}
+    assert demo._benchmark_settings([GRPO, tmp_path / "sweep.yaml"]) == {
+        "num_prompts": 8,
+        "seed": 3,
+    }
+    data = {"data": {"init_args": {"benchmark": {"num_prompts": 4}}}}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({**sweep, **data}))
+    assert demo._benchmark_settings([tmp_path / "data.yaml"]) == {"num_prompts": 4, "seed": 3}
