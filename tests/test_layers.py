@@ -35,10 +35,14 @@ def perturb(adapter: PanaceaAdapter, seed: int = 0) -> None:
 
 
 def adapted(model_dir, num_general=4, perturbed=True, **kwargs):
+    """The tiny model with an adapter whose random initialisation (V) is seeded, so a test sees
+    the same adapter whichever tests ran before it in its worker."""
     model = tiny.load(model_dir)
-    adapter = inject_adapter(
-        model, PanaceaConfig(num_general=num_general, num_preferences=2, **kwargs)
-    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        adapter = inject_adapter(
+            model, PanaceaConfig(num_general=num_general, num_preferences=2, **kwargs)
+        )
     if perturbed:
         perturb(adapter)
     return model, adapter
