@@ -295,10 +295,9 @@ def test_demo_shrunk(workdir):
     assert_quiet(proc.out)
 
 
-def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
-    """`make demo`'s own recipe (experiments/stories/panacea_grpo.yaml, with its weight
-    average) through the installed console script, shrunk: 2 prompts' worth of stories, 2
-    optimiser steps, a 3-point sweep on the small benchmark."""
+def small_rloo(workdir: Path) -> Path:
+    """`small_rloo.yaml` in `workdir`: the RLOO recipe shrunk (2 stories per prompt, 4 prompts,
+    8 new tokens) with its weight average and a 3-point sweep on the small benchmark."""
     sweep = yaml.safe_load((workdir / "small.yaml").read_text())["trainer"]["callbacks"][0]
     sweep["init_args"]["sweep_on_fit_start"] = False
     small = {
@@ -314,6 +313,14 @@ def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
         "data": {"init_args": {"num_prompts": 4, "batch_size": 4}},
     }
     (workdir / "small_rloo.yaml").write_text(yaml.safe_dump(small))
+    return workdir / "small_rloo.yaml"
+
+
+def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
+    """`make demo`'s own recipe (experiments/stories/panacea_grpo.yaml, with its weight
+    average) through the installed console script, shrunk: 4 prompts of 2 stories, 2
+    optimiser steps, a 3-point sweep on the small benchmark."""
+    small_rloo(workdir)
     grpo = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")
     proc = console_script(
         "demo", "--config", grpo, "--config", "small_rloo.yaml", "--max-steps", "2", cwd=workdir
@@ -327,6 +334,28 @@ def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
     assert f"pairs: {small_pairs}" in proc.out
     folder = re.search(r"run folder: (\S+)", proc.out).group(1)
     assert "panacea_grpo" in folder and (workdir / folder / "pareto" / "final.csv").is_file()
+    assert_quiet(proc.out)
+
+
+def test_demo_on_two_ddp_processes_prints_once_and_exits_0(workdir):
+    """The same shrunk RLOO demo on 2 CPU processes (gloo): Lightning runs the command again for
+    rank 1, which trains and sweeps its share but prints nothing of its own; exit 0."""
+    small_rloo(workdir)
+    ddp = {
+        "trainer": {"devices": 2, "strategy": "ddp"},
+        "model": {"init_args": {"minibatch_size": 2}},
+        "data": {"init_args": {"batch_size": 2}},
+    }
+    (workdir / "ddp.yaml").write_text(yaml.safe_dump(ddp))
+    grpo = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")
+    proc = console_script(
+        "demo", "--config", grpo, "--config", "small_rloo.yaml", "--config", "ddp.yaml",
+        "--max-steps", "2", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    assert "Starting with 2 processes" in proc.out
+    for line in ("[1/3] stories benchmark", "[2/3] training", "[3/3] the front", "run folder:"):
+        assert proc.out.count(line) == 1, (line, proc.out)
     assert_quiet(proc.out)
 
 

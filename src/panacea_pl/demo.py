@@ -101,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     config = configs[0]
     start = time.perf_counter()
 
-    print(f"[1/3] stories benchmark (data: {Path(args.data_dir or default_data_dir()).resolve()})")
+    # under DDP, Lightning starts the other ranks by running this command again: they train,
+    # and only the first process prints
+    say = print if _launched_first() else _quiet
+    say(f"[1/3] stories benchmark (data: {Path(args.data_dir or default_data_dir()).resolve()})")
     bench = StoriesBenchmark(num_dimensions=2, **_benchmark_settings(configs)).build()
-    print(f"      ready in {time.perf_counter() - start:.0f} s; pairs: {bench.pairs_path}")
+    say(f"      ready in {time.perf_counter() - start:.0f} s; pairs: {bench.pairs_path}")
 
     length = "its own length" if max_steps is None else f"{max_steps} optimiser steps"
-    print(f"[2/3] training Panacea for {length} ({config})")
+    say(f"[2/3] training Panacea for {length} ({config})")
     budget = []
     if max_steps is not None:
         budget = [f"--trainer.max_steps={max_steps}", "--trainer.max_epochs=-1"]
@@ -114,12 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     cli = run_lightning_cli(
         ["fit", *(arg for path in configs for arg in ("--config", str(path))), *budget]
     )
+    log_dir = cli.trainer.log_dir  # a broadcast under DDP: every rank asks for it
+    if not cli.trainer.is_global_zero:
+        return 0
     sweep = next(c for c in cli.trainer.callbacks if isinstance(c, ParetoSweep))
     _report(sweep, time.perf_counter() - start)
-    print(
-        f"      run folder: {cli.trainer.log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)"
-    )
+    print(f"      run folder: {log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)")
     return 0
+
+
+def _launched_first() -> bool:
+    """Whether this is the first process of a launch (alone, or rank 0 of a DDP launch:
+    Lightning and torchrun set LOCAL_RANK / NODE_RANK in the others before they start)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
 
 
 def _report(sweep: ParetoSweep, seconds: float) -> None:
