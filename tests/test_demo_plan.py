@@ -26,7 +26,7 @@ def test_the_default_is_the_rloo_recipe_for_250_iterations():
     assert demo.training_plan(None, 8) == ([configs[0]], 8)
 
 
-def test_a_given_config_runs_for_its_own_length_unless_told(tmp_path):
+def test_a_given_config_runs_for_its_own_length_unless_told():
     assert demo.training_plan([DPO], None) == ([DPO], None)
     assert demo.training_plan([DPO, GRPO], 40) == ([DPO, GRPO], 40)
 

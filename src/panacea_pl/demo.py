@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark, default_data_dir
 from panacea_pl.callbacks import ParetoSweep
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     # under DDP, Lightning starts the other ranks by running this command again: they train,
-    # and only the first process prints
-    say = print if _launched_first() else _quiet
+    # and only rank zero prints (Lightning reads the rank its launcher set in the environment)
+    say = rank_zero_only(print)
     say(f"[1/3] stories benchmark (data: {Path(args.data_dir or default_data_dir()).resolve()})")
     bench = StoriesBenchmark(num_dimensions=2, **_benchmark_settings(configs)).build()
     say(f"      ready in {time.perf_counter() - start:.0f} s; pairs: {bench.pairs_path}")
@@ -124,16 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     _report(sweep, time.perf_counter() - start)
     print(f"      run folder: {log_dir} (config.yaml, metrics.csv, checkpoints/, pareto/)")
     return 0
-
-
-def _launched_first() -> bool:
-    """Whether this is the first process of a launch (alone, or rank 0 of a DDP launch:
-    Lightning and torchrun set LOCAL_RANK / NODE_RANK in the others before they start)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _quiet(*args, **kwargs) -> None:
-    pass
 
 
 def _report(sweep: ParetoSweep, seconds: float) -> None:
