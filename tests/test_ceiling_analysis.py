@@ -170,3 +170,20 @@ def test_distill_fits_and_records_on_a_small_benchmark(tmp_path, tmp_path_factor
         assert record["fresh"] == 16 and record["lam"] == [1.0, 0.0]
         assert np.isfinite(record["G_is"]) and record["G_is_se"] > 0
     assert "step 2: G_is" in done.stdout
+
+
+def test_training_beta_target_scores_like_an_overshot_gaussian_tilt(monkeypatch):
+    """For a Gaussian tilt s = λ·r/β, the tilt a·s has value β·σ²·(a − a²/2) and KL a²σ²/2, so
+    training at β_t = β/a aims at G = 1 − (1 − a)²: 1 at β_t = β, 0.9375 at β/1.25."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "ceiling"))
+    import training_beta
+
+    rng = np.random.default_rng(0)
+    sigma, beta = 0.5, 0.05
+    rewards = np.stack([sigma * beta * rng.standard_normal((4, 20_000)), np.zeros((4, 20_000))], -1)
+    rows = training_beta.target_rows(rewards, beta, np.array([[1.0, 0.0]]), [beta, beta / 1.25])
+    (_, _, g_same, kl_same), (_, _, g_low, kl_low) = rows
+    assert g_same == pytest.approx(1.0)
+    assert kl_same == pytest.approx(sigma**2 / 2, rel=0.03)
+    assert g_low == pytest.approx(1 - 0.25**2, abs=0.01)
+    assert kl_low == pytest.approx(1.25**2 * sigma**2 / 2, rel=0.03)

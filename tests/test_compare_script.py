@@ -55,3 +55,14 @@ def test_ema_keeps_replaces_or_drops_the_recipes_average(tmp_path, monkeypatch, 
     ]
     assert decays == expected
     assert compare.ema_decay(config["trainer"]["callbacks"]) == (expected[0] if expected else None)
+
+
+def test_repeated_set_keeps_every_setting(monkeypatch):
+    """`--set A=1 --set B=2` (the README's form) keeps both; it once kept only the last."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "compare_aggregations"))
+    import compare
+
+    args = compare.build_parser().parse_args(
+        ["--set", "model.init_args.kl_coef=0.04", "--set", "seed_everything=1", "trainer.x=2"]
+    )
+    assert args.overrides == ["model.init_args.kl_coef=0.04", "seed_everything=1", "trainer.x=2"]

@@ -248,7 +248,8 @@ def _write(config: dict) -> Path:
     return Path(handle.name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (`--set` may be repeated: every setting is kept)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3, 10], choices=[2, 3, 10])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -269,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="overrides",
         metavar="KEY=VALUE",
         nargs="+",
+        action="extend",
         default=[],
         help="change a recipe setting, e.g. model.init_args.group_size=4 (dotted path, YAML "
-        "value); the table's method name lists them",
+        "value); repeat it or give several; the table's method name lists them",
     )
     parser.add_argument(
         "--ema",
@@ -283,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         "none) and, beside it, the raw weights on the same draws",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/compare_aggregations"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.cosine and not set(args.methods) <= {"panacea_ppo", "panacea_rloo"}:
         parser.error("--cosine applies to panacea_ppo and panacea_rloo only")
