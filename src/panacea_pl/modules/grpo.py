@@ -94,7 +94,9 @@ class PanaceaGRPO(OnPolicyModule):
             `RLOOAdvantage()`: leave-one-out).
         aggregator: how per-dimension advantages combine under λ (default `LinearAdvantage`).
         group_size: G, responses per prompt, all at the prompt's λ (≥ 2).
-        kl_coef: β, in reward units (stories benchmark: its `beta_eff`).
+        kl_coef: β, in reward units. Its optimum is π_ref·exp(λ·r/β); on the stories benchmark
+            the recipe trains a little below `beta_eff` (0.04 against 0.05): trained policies
+            tilt with about 0.65 of their target's slope (experiments/ceiling/).
         kl_in: "reward" (β·KL̂ subtracted from every dimension's reward), "token" (β times the
             KL to come subtracted from each token's advantage), "exact" (the exact per-state KL
             in the loss, the KL after each token in its advantage) or "loss" (k3 term).
