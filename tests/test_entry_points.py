@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 PANACEA_PL = Path(sys.executable).with_name("panacea-pl")
 CONFIG = str(stories_small.STORIES_CONFIG)
+GRPO = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")  # make demo's
 #: Library chatter that `panacea-pl` must not print (see `panacea_pl.console`).
 NOISE = (
     "args parameter is intended",
@@ -321,9 +322,8 @@ def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
     average) through the installed console script, shrunk: 4 prompts of 2 stories, 2
     optimiser steps, a 3-point sweep on the small benchmark."""
     small_rloo(workdir)
-    grpo = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")
     proc = console_script(
-        "demo", "--config", grpo, "--config", "small_rloo.yaml", "--max-steps", "2", cwd=workdir
+        "demo", "--config", GRPO, "--config", "small_rloo.yaml", "--max-steps", "2", cwd=workdir
     )
     assert proc.returncode == 0, proc.out
     assert "training Panacea for 2 optimiser steps" in proc.out and "[3/3] the front" in proc.out
@@ -347,9 +347,8 @@ def test_demo_on_two_ddp_processes_prints_once_and_exits_0(workdir):
         "data": {"init_args": {"batch_size": 2}},
     }
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(ddp))
-    grpo = str(stories_small.REPO_ROOT / "experiments/stories/panacea_grpo.yaml")
     proc = console_script(
-        "demo", "--config", grpo, "--config", "small_rloo.yaml", "--config", "ddp.yaml",
+        "demo", "--config", GRPO, "--config", "small_rloo.yaml", "--config", "ddp.yaml",
         "--max-steps", "2", cwd=workdir,
     )  # fmt: skip
     assert proc.returncode == 0, proc.out

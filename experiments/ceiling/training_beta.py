@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from analysis import tilt_value
+from analysis import tilt_parts
 
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 
@@ -23,12 +23,9 @@ def target_rows(rewards: np.ndarray, beta: float, lams: np.ndarray, betas: list[
     """For each λ and training β_t: (λ, β_t, G under β, KL) of π ∝ π_ref e^{λ·r/β_t}."""
     rows = []
     for lam in lams:
-        tilt = rewards @ lam / beta
-        v_opt, _ = tilt_value(rewards, tilt, lam, beta)
-        v_base = float((rewards @ lam).mean())
         for beta_t in betas:
-            value, kl = tilt_value(rewards, tilt * beta / beta_t, lam, beta)
-            rows.append((lam, beta_t, (value - v_base) / (v_opt - v_base), kl))
+            parts = tilt_parts(rewards, rewards @ lam / beta_t, lam, beta)
+            rows.append((lam, beta_t, parts["G_is"], parts["kl_is"]))
     return rows
 
 
