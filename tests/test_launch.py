@@ -134,3 +134,18 @@ def test_slurm_script_refuses_to_run_outside_sbatch(tmp_path):
         text=True,
     )
     assert result.returncode != 0 and "run this script with sbatch" in result.stderr
+
+
+def test_the_console_entry_closes_a_process_group_left_open(monkeypatch, tmp_path):
+    """`panacea-pl` closes the process group a run leaves open (Lightning keeps it): a gloo
+    group still open at exit aborted a finished torchrun rank (exit -6) now and then."""
+    import torch.distributed as dist
+
+    from panacea_pl import cli
+
+    def run_leaving_a_group_open(argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+
+    monkeypatch.setattr(cli, "run_lightning_cli", run_leaving_a_group_open)
+    assert cli.main(["fit"]) == 0
+    assert not dist.is_initialized()
