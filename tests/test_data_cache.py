@@ -1,12 +1,15 @@
-"""The data cache on a full disk: the error names the cache folder and says no space is left."""
+"""The data cache on a full disk (the error names the cache folder and says no space is left),
+and two writers of one cache entry (the first complete copy stays)."""
 
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import datasets
 import pytest
 
+from panacea_pl.atomic import publish_folder
 from panacea_pl.data import SourceSpec
 from panacea_pl.data.cache import DiskFullError, cache_path, is_cached, save_cached
 from panacea_pl.data.sources import load_source
@@ -62,3 +65,23 @@ def test_other_write_errors_pass_through(tmp_path, monkeypatch):
         save_cached(
             cache_path(tmp_path, "p", "2" * 64), {"t": datasets.Dataset.from_dict({"x": [1]})}, {}
         )
+
+
+def test_publish_folder_keeps_the_first_complete_copy(tmp_path):
+    def folder(name: str, marker: str | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if marker:
+            (path / marker).touch()
+        return path
+
+    complete = lambda p: (p / "done").is_file()  # noqa: E731
+    target = tmp_path / "entry"
+    first = folder("a", "done")
+    (first / "first").touch()
+    assert publish_folder(first, target, complete) == target
+    publish_folder(folder("b", "done"), target, complete)  # a second writer, too late
+    assert (target / "first").is_file() and not (tmp_path / "b").exists()
+    (target / "done").unlink()  # an incomplete entry (a crash in an older version) is replaced
+    publish_folder(folder("c", "done"), target, complete)
+    assert (target / "done").is_file() and not (tmp_path / "c").exists()

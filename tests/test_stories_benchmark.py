@@ -6,6 +6,7 @@ The full default build (m = 2) is the slow test at the end; it prints its time a
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -135,6 +136,27 @@ def test_second_build_is_a_cache_hit(bench, shared_data, monkeypatch):
     np.testing.assert_array_equal(
         again.optimal_front().objectives, bench.optimal_front().objectives
     )
+
+
+def test_a_model_another_process_converted_meanwhile_is_kept(shared_data, tmp_path, monkeypatch):
+    """Two ranks started on an empty cache both convert the model. The one that finishes second
+    keeps the folder already in place (the other rank may be loading from it) and drops its own."""
+    convert = benchmark_module.convert_llama2c
+    published = []
+
+    def other_process_finishes_first(checkpoint, tokenizer, out):
+        final = out.with_name(out.name[1:].removesuffix(f".{os.getpid()}.tmp"))
+        convert(checkpoint, tokenizer, final)
+        (final / "written_by_the_other_process").touch()
+        published.append(final)
+        return convert(checkpoint, tokenizer, out)
+
+    monkeypatch.setattr(benchmark_module, "convert_llama2c", other_process_finishes_first)
+    bench = StoriesBenchmark(shared_data, tmp_path, num_dimensions=2, **SMALL)
+    assert bench.model_dir == published[0]
+    assert (bench.model_dir / "written_by_the_other_process").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [bench.model_dir.name]  # no copy left behind
+    assert bench.load_model().config.vocab_size == 512
 
 
 def test_more_dimensions_reuse_the_samples(bench, shared_data, monkeypatch):

@@ -67,6 +67,28 @@ def atomic_write(
     return path
 
 
+def publish_folder(tmp: Path, path: Path, complete: Callable[[Path], bool]) -> Path:
+    """Move the finished folder `tmp` to `path` in one rename; the first writer wins.
+
+    Processes that build the same cache entry at once (the ranks of a run started on an empty
+    cache) each write their own `tmp`. The first rename puts one in place; a later one finds
+    `path` `complete` and deletes its own copy instead of replacing a folder another process
+    may be reading. An incomplete `path` (left by an older version or by hand) is replaced.
+    """
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if complete(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return path
+        if not path.exists():
+            raise
+        shutil.rmtree(path)
+        os.replace(tmp, path)
+    _fsync_folder(path.parent)
+    return path
+
+
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXT = ("no space left on device", "disk quota exceeded")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import datasets
 
-from panacea_pl.atomic import is_disk_full
+from panacea_pl.atomic import is_disk_full, publish_folder
 from panacea_pl.hashing import settings_key
 
 #: bump when the processing changes in a way the key cannot see
@@ -86,12 +86,7 @@ def save_cached(path: Path, tables: dict[str, datasets.Dataset], report: dict[st
         if is_disk_full(err):
             raise disk_full_error(path.parent, "the tokenised data", err) from err
         raise
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        if not is_cached(path):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, path, complete=is_cached)
 
 
 @contextmanager

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -67,7 +66,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from panacea_pl.atomic import atomic_write
+from panacea_pl.atomic import atomic_write, publish_folder
 from panacea_pl.benchmarks.stories.evaluate import Evaluation, evaluate_policy
 from panacea_pl.benchmarks.stories.optimum import TiltedFront, tilted_front
 from panacea_pl.benchmarks.stories.pairs import bradley_terry_labels, choose_pairs, write_pairs
@@ -225,8 +224,7 @@ class StoriesBenchmark:
             log.info("converting %s to %s", self.checkpoint, path)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             convert_llama2c(self.checkpoint, self.tokenizer_file, tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            tmp.rename(path)
+            publish_folder(tmp, path, complete=lambda p: (p / "config.json").is_file())
         return path
 
     def load_model(self) -> PreTrainedModel:
