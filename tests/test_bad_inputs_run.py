@@ -11,8 +11,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from panacea_pl.atomic import atomic_write
 from panacea_pl.callbacks.progress import ProgressBar
@@ -212,6 +214,13 @@ def test_progress_bar_shows_an_epoch_total_only_when_there_is_one(max_epochs, ex
     bar = ProgressBar()
     bar._trainer = _Trainer(max_epochs)
     assert bar._get_train_description(2).strip() == expected
+
+
+@pytest.mark.parametrize("version, shown", [("seed12", "seed12"), (3, 3)])
+def test_progress_bar_shows_a_named_version_whole(tmp_path, version, shown):
+    logger = CSVLogger(tmp_path, name="", version=version)
+    trainer = pl.Trainer(logger=logger, callbacks=[ProgressBar()], enable_model_summary=False)
+    assert trainer.progress_bar_callback.get_metrics(trainer, None)["v_num"] == shown
 
 
 def test_checkpoint_error_is_picklable_for_ddp_workers():

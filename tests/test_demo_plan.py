@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from panacea_pl import demo
+from panacea_pl import demo, demo_average
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPO = ROOT / "experiments" / "stories" / "panacea_grpo.yaml"
@@ -56,3 +56,30 @@ def test_the_benchmark_comes_from_the_data_else_from_the_sweep(tmp_path):
     data = {"data": {"init_args": {"benchmark": {"num_prompts": 4}}}}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump({**sweep, **data}))
     assert demo._benchmark_settings([tmp_path / "data.yaml"]) == {"num_prompts": 4, "seed": 3}
+
+
+def test_each_averaged_run_keeps_the_recipe_but_the_sweep_and_logs_on_its_own(tmp_path):
+    """The demo's runs side by side: their seed, one CSV logger in their own folder, and the
+    recipe's callbacks (the weight average) less the Pareto sweep, which only the average gets."""
+    seed = {"seed_everything": 5}
+    (tmp_path / "seed.yaml").write_text(yaml.safe_dump(seed))
+    assert demo_average.effective_value([GRPO], "seed_everything") == 0
+    assert demo_average.effective_value([GRPO, tmp_path / "seed.yaml"], "seed_everything") == 5
+    assert demo_average.effective_value([GRPO], "trainer", "default_root_dir") == "runs/stories"
+    assert demo_average.effective_value([GRPO], "trainer", "nothing") is None
+    fragment = demo_average.member_fragment([GRPO], tmp_path / "runs" / "seed6", 6)
+    assert fragment == tmp_path / "runs" / "seed6.yaml"
+    written = yaml.safe_load(fragment.read_text())
+    assert written["seed_everything"] == 6
+    (logger,) = written["trainer"]["logger"]
+    assert logger["init_args"] == {
+        "save_dir": str(tmp_path / "runs"),
+        "name": "",
+        "version": "seed6",
+    }
+    recipe = yaml.safe_load(GRPO.read_text())["trainer"]["callbacks"]
+    assert [c["class_path"] for c in recipe] == [
+        "panacea_pl.callbacks.ParetoSweep",
+        "panacea_pl.callbacks.TrainableEMA",
+    ]
+    assert written["trainer"]["callbacks"] == recipe[1:]

@@ -285,8 +285,9 @@ def test_a_users_own_module_in_a_layered_config(workdir):
 def test_demo_shrunk(workdir):
     """`make demo` runs the installed `panacea-pl demo`: so does this test."""
     proc = console_script(
-        "demo", "--config", CONFIG, "--config", "small.yaml", "--max-steps", "2", cwd=workdir
-    )
+        "demo", "--config", CONFIG, "--config", "small.yaml", "--max-steps", "2", "--runs", "1",
+        cwd=workdir,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.out
     assert "[3/3] the front" in proc.out and "hypervolume ratio" in proc.out
     assert re.search(r"front ordered like λ .*: happy -?[01]\.\d\d, sad -?[01]\.\d\d", proc.out)
@@ -318,9 +319,10 @@ def small_rloo(workdir: Path) -> Path:
 
 
 def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
-    """`make demo`'s own recipe (experiments/stories/panacea_grpo.yaml, with its weight
-    average) through the installed console script, shrunk: 4 prompts of 2 stories, 2
-    optimiser steps, a 3-point sweep on the small benchmark."""
+    """`make demo` (= `panacea-pl demo`) through the installed console script, shrunk: its own
+    recipe (experiments/stories/panacea_grpo.yaml, with its weight average) as two runs side by
+    side, averaged, and the average swept: 4 prompts of 2 stories, 2 optimiser steps, a 3-point
+    sweep on the small benchmark."""
     small_rloo(workdir)
     proc = console_script(
         "demo", "--config", GRPO, "--config", "small_rloo.yaml", "--max-steps", "2", cwd=workdir
@@ -332,9 +334,42 @@ def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
 
     small_pairs = StoriesBenchmark(num_dimensions=2, **stories_small.SMALL).pairs_path
     assert f"pairs: {small_pairs}" in proc.out
+    printed = re.search(r"seeds 0, 1, one process each, in (\S+)", proc.out).group(1)
+    root = workdir / printed
+    for seed in (0, 1):  # each run trained and kept its checkpoint, but did not sweep
+        assert (root / f"seed{seed}" / "checkpoints" / "last.ckpt").is_file()
+        assert not (root / f"seed{seed}" / "pareto").exists()
+    assert f"averaged the 2 runs into {printed}/average" in proc.out
     folder = re.search(r"run folder: (\S+)", proc.out).group(1)
     assert "panacea_grpo" in folder and (workdir / folder / "pareto" / "final.csv").is_file()
     assert_quiet(proc.out)
+    # the same by hand, as the README shows it: `panacea-pl average`, then `validate` sweeps it
+    members = [str(root / f"seed{seed}" / "checkpoints" / "last.ckpt") for seed in (0, 1)]
+    proc = console_script("average", "--out", "by_hand", *members, cwd=workdir)
+    assert proc.returncode == 0, proc.out
+    assert "averaged 2 adapters into by_hand" in proc.out
+    policy = {"init_args": {"adapter": None, "adapter_path": "by_hand"}}
+    (workdir / "by_hand.yaml").write_text(
+        yaml.safe_dump({"model": {"init_args": {"policy": policy}}})
+    )
+    proc = panacea_pl(
+        "validate", "--config", GRPO, "--config", "small_rloo.yaml", "--config", "by_hand.yaml",
+        cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    runs = (workdir / "runs" / "stories" / "panacea_grpo").glob("version_*")
+    newest = max(runs, key=lambda p: int(p.name.removeprefix("version_")))
+    assert (newest / "pareto" / "final.csv").is_file(), proc.out
+    assert "by_hand" in (newest / "config.yaml").read_text()
+    # one run's checkpoint, swept by `validate` though the recipe has no validation prompts
+    proc = panacea_pl(
+        "validate", "--config", GRPO, "--config", "small_rloo.yaml", "--ckpt_path", members[1],
+        cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.out
+    runs = (workdir / "runs" / "stories" / "panacea_grpo").glob("version_*")
+    latest = max(runs, key=lambda p: int(p.name.removeprefix("version_")))
+    assert latest != newest and (latest / "pareto" / "final.csv").is_file(), proc.out
 
 
 def test_demo_on_two_ddp_processes_prints_once_and_exits_0(workdir):
@@ -349,7 +384,7 @@ def test_demo_on_two_ddp_processes_prints_once_and_exits_0(workdir):
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(ddp))
     proc = console_script(
         "demo", "--config", GRPO, "--config", "small_rloo.yaml", "--config", "ddp.yaml",
-        "--max-steps", "2", cwd=workdir,
+        "--max-steps", "2", "--runs", "1", cwd=workdir,
     )  # fmt: skip
     assert proc.returncode == 0, proc.out
     assert "Starting with 2 processes" in proc.out

@@ -76,6 +76,19 @@ def test_gradcheck(per_sample):
     assert torch.autograd.gradcheck(lambda *a: panacea_linear(*a, 0.5), args)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_several_singular_values_per_preference(per_sample):
+    """rank_per_preference r = 2: each s·λ_i scales r consecutive rows of V (columns of U)."""
+    x, weight, bias, _, sigma, scale, lam, _ = inputs(per_sample, bias=True, shape=(2, 3, 4))
+    g = torch.Generator().manual_seed(1)
+    V = torch.randn(3 + 2 * 2, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    U = torch.randn(7, 3 + 2 * 2, generator=g, dtype=torch.float64).requires_grad_(True)
+    args = (x, weight, bias, V, sigma, scale, lam, U)
+    wanted = composed(x, weight, bias, V, sigma, scale, lam.repeat_interleave(2, -1), U, 0.5)
+    torch.testing.assert_close(panacea_linear(*args, 0.5, 2), wanted)
+    assert torch.autograd.gradcheck(lambda *a: panacea_linear(*a, 0.5, 2), args)
+
+
 def test_odd_token_count_and_frozen_inputs():
     """N not divisible by the thread count; no gradient asked for x, W or b."""
     x, weight, bias, V, sigma, scale, lam, U = inputs(per_sample=True, bias=True, shape=(3, 5, 4))

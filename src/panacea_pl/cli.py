@@ -6,6 +6,7 @@
     panacea-pl fit --config X.yaml --ckpt_path <run>/checkpoints/last.ckpt   # resume after a crash
     panacea-pl demo                                                   # the README's first command
     panacea-pl baseline --config experiments/stories/dps.yaml          # DPS / rewarded soups
+    panacea-pl average --out runs/avg RUN_A/checkpoints/last.ckpt RUN_B/...  # average of runs
     panacea-pl convert-llama2c CHECKPOINT TOKENIZER OUTPUT_DIR
 
 Model and data are given as `class_path` + `init_args`, so a subclass in the user's own module
@@ -42,6 +43,12 @@ def _baseline(argv: list[str]) -> int:
     return main(argv)
 
 
+def _average(argv: list[str]) -> int:
+    from panacea_pl.layers.average import main
+
+    return main(argv)
+
+
 def _convert(argv: list[str]) -> int:
     from panacea_pl.convert.llama2c import main
 
@@ -51,6 +58,7 @@ def _convert(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "demo": _demo,
     "baseline": _baseline,
+    "average": _average,
     "convert-llama2c": _convert,
 }
 

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from omegaconf.errors import InterpolationResolutionError
 
+from panacea_pl.callbacks.pareto_sweep import ParetoSweep
 from panacea_pl.callbacks.progress import ProgressBar as PanaceaProgressBar
 from panacea_pl.config_checks import check_dimension_agreement
 from panacea_pl.console import quiet_console
@@ -132,6 +133,13 @@ class PanaceaCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         check_dimension_agreement(config)
+
+    def after_validate(self) -> None:
+        """Sweep where `validate` found no validation rows to run its loop on (an on-policy
+        recipe's prompts): what a user validating a finished model asks for is its front."""
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ParetoSweep):
+                callback.sweep_unless_done(self.trainer, self.model)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Lightning's trainer, plus `ModelCheckpoint(save_last=True)` and our progress bar when

@@ -9,7 +9,9 @@ with W&B also a `wandb.Table` of the per-λ rows, the plot, and the metrics in t
 dashboards can group runs by aggregation scheme). Always: a CSV and a PNG per sweep in
 `<log_dir>/pareto/`. Under `trainer.validate(...)` (a finished model, or a baseline's policy
 collection: `panacea_pl.baselines`) it sweeps once, tagged and logged like the end-of-fit sweep
-(`final.csv`, `pareto/{name}_final`).
+(`final.csv`, `pareto/{name}_final`). A datamodule without validation rows (the on-policy
+recipes' prompts) runs no validation loop and so no hook: `panacea-pl validate` then sweeps
+through `sweep_unless_done` after the loop.
 
 Under DDP (or FSDP2: `panacea_pl.strategies.FSDP2Strategy`) an evaluator with
 `distributed = True` (the stories and reward-model evaluators) is called on every rank: each
@@ -66,6 +68,7 @@ class ParetoSweep(pl.Callback):
         self.last_result: FrontResult | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_plot: Path | None = None
+        self._swept_this_stage = False
 
     @property
     def state_key(self) -> str:
@@ -75,6 +78,7 @@ class ParetoSweep(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse, before anything runs, a sweep that a sharded model cannot take part in."""
+        self._swept_this_stage = False
         strategy = trainer.strategy
         if isinstance(strategy, FSDPStrategy):
             raise ValueError(
@@ -110,10 +114,23 @@ class ParetoSweep(pl.Callback):
         if self.sweep_on_fit_end:
             self.sweep(trainer, pl_module, "final", log_metrics=False)
 
+    def sweep_unless_done(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The final sweep of a `validate` whose loop did not run (no validation rows), on the
+        strategy's device (the loop's teardown moved the model to the CPU); every rank calls."""
+        if self._swept_this_stage:
+            return
+        device = pl_module.device
+        pl_module.to(trainer.strategy.root_device)
+        try:
+            self.sweep(trainer, pl_module, "final", log_metrics=False)
+        finally:
+            pl_module.to(device)
+
     def sweep(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, log_metrics: bool
     ) -> FrontResult | None:
         """Evaluate the grid (sharded over ranks, or on rank zero), write CSV + PNG, log."""
+        self._swept_this_stage = True
         # every rank: under DDP `trainer.log_dir` is a broadcast, which rank zero alone would
         # wait on forever
         folder = Path(

@@ -27,14 +27,17 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 class PanaceaConfig:
     """Shape and placement of the adapter  W(λ) = W0 + c · U · diag(σ_1…σ_k, s·λ_1…s·λ_m) · V.
 
-    The update's rank is `total_rank` = num_general + num_preferences = k + m: that is PEFT's
-    LoRA `r` (what `export_peft` writes), not `num_general`.
+    The update's rank is `total_rank` = num_general + num_preferences · rank_per_preference
+    (k + m for Panacea's one singular value per dimension): that is PEFT's LoRA `r` (what
+    `export_peft` writes), not `num_general`.
 
     Args:
         num_general: k, the number of general (preference-independent) singular values σ.
             Called `rank` in earlier versions; adapter folders and checkpoints saved with `rank`
             still load (see `LEGACY_FIELDS`).
         num_preferences: m, the number of preference dimensions; λ has m entries.
+        rank_per_preference: singular values per preference dimension, each s·λ_i (1, the
+            paper's). An average of n adapters (`average_adapters`) has n times its members'.
         alpha: scaling numerator: c = alpha / (num_general + num_preferences), as in LoRA. None
             means alpha = num_general + num_preferences, i.e. c = 1.
         dropout: dropout on the adapter's input (training only).
@@ -47,6 +50,7 @@ class PanaceaConfig:
 
     num_general: int = 8
     num_preferences: int = 2
+    rank_per_preference: int = 1
     alpha: float | None = None
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
@@ -57,12 +61,13 @@ class PanaceaConfig:
 
     @property
     def total_rank(self) -> int:
-        """k + m: the number of singular values, i.e. the rank of the update (PEFT's `r`)."""
-        return self.num_general + self.num_preferences
+        """k + m·rank_per_preference: the number of singular values, i.e. the rank of the update
+        (PEFT's `r`)."""
+        return self.num_general + self.num_preferences * self.rank_per_preference
 
     @property
     def scaling(self) -> float:
-        """c = alpha / (k + m)."""
+        """c = alpha / total_rank."""
         alpha = self.total_rank if self.alpha is None else self.alpha
         return float(alpha) / self.total_rank
 
@@ -84,8 +89,12 @@ class PanaceaConfig:
         return cls(**data)
 
 
+#: The key under which a Panacea module's Lightning checkpoint holds its adapter's config
+#: (`modules.base` writes it, `layers.average` reads it).
+ADAPTER_CONFIG_KEY = "panacea_adapter_config"
+
 # Fields renamed since earlier versions: old name -> new name. Adapter folders
-# (`layers.io`'s config JSON) and Lightning checkpoints (`modules.base.ADAPTER_CONFIG_KEY`)
+# (`layers.io`'s config JSON) and Lightning checkpoints (`ADAPTER_CONFIG_KEY`)
 # written before the rename store the old name.
 LEGACY_FIELDS: dict[str, str] = {"rank": "num_general"}
 
@@ -131,12 +140,18 @@ def check_fields(config: PanaceaConfig) -> None:
         )
     if not _is_int(config.num_preferences) or config.num_preferences < 1:
         raise _bad("num_preferences", config.num_preferences, "an integer >= 1 (m)")
+    if not _is_int(config.rank_per_preference) or config.rank_per_preference < 1:
+        raise _bad(
+            "rank_per_preference",
+            config.rank_per_preference,
+            "an integer >= 1 (singular values per preference dimension)",
+        )
     alpha = config.alpha
     if alpha is not None and not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
         raise _bad(
             "alpha",
             alpha,
-            "a finite number > 0 (the scaling c = alpha / (num_general + num_preferences); 0 "
+            "a finite number > 0 (the scaling c = alpha / total_rank; 0 "
             "would freeze the adapter at the base model) or null for c = 1",
         )
     dropout = config.dropout

@@ -25,11 +25,18 @@ import torch
 
 
 def singular_values(
-    sigma: torch.Tensor, scale: torch.Tensor, preference: torch.Tensor, scaling: float
+    sigma: torch.Tensor,
+    scale: torch.Tensor,
+    preference: torch.Tensor,
+    scaling: float,
+    rank_per_preference: int = 1,
 ) -> torch.Tensor:
-    """d = c · [σ_1 … σ_k, s·λ_1 … s·λ_m]: [k + m] for λ [m], [B, k + m] for λ [B, m]."""
+    """d = c · [σ_1 … σ_k, s·λ_1 … s·λ_m]: [k + m] for λ [m], [B, k + m] for λ [B, m]; with
+    `rank_per_preference` r, each s·λ_i r times in a row ([k + m·r])."""
     if preference.dim() > 1:
         sigma = sigma.expand(*preference.shape[:-1], sigma.shape[0])
+    if rank_per_preference > 1:
+        preference = preference.repeat_interleave(rank_per_preference, dim=-1)
     d = torch.cat([sigma, scale * preference], dim=-1)
     return d if scaling == 1.0 else d * scaling
 
@@ -68,7 +75,7 @@ def _reduce(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 class PanaceaLinearFunction(torch.autograd.Function):
     """y = x Wᵀ + b + ((x Vᵀ) ⊙ d) Uᵀ for x [..., in], W [out, in], V [r, in], U [out, r],
-    d = `singular_values(σ, s, λ, c)`.
+    d = `singular_values(σ, s, λ, c, r)`.
 
     λ is [m] or [B, m] with B = x.shape[0]. x, W and b share a dtype (the compute dtype); U, V,
     σ, s and λ share another (the adapter's, e.g. fp32 under bf16 autocast): U, V and d are cast
@@ -76,9 +83,9 @@ class PanaceaLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, V, sigma, scale, preference, U, scaling):
+    def forward(ctx, x, weight, bias, V, sigma, scale, preference, U, scaling, repeats=1):
         dtype = x.dtype
-        d = singular_values(sigma, scale, preference, scaling).to(dtype)
+        d = singular_values(sigma, scale, preference, scaling, repeats).to(dtype)
         V, U = V.to(dtype), U.to(dtype)
         x2 = x.reshape(-1, x.shape[-1])
         blocks = _token_blocks(x2.shape[0], d, x.device)
@@ -93,13 +100,14 @@ class PanaceaLinearFunction(torch.autograd.Function):
             out.view(blocks, -1, out.shape[-1]).baddbmm_(hd.transpose(1, 2), u_t)
         ctx.save_for_backward(xb, weight, V, d, U, xv, hd, preference)
         ctx.x_shape, ctx.scaling, ctx.num_general = x.shape, scaling, sigma.shape[0]
+        ctx.repeats = repeats
         ctx.adapter_dtype = sigma.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         xb, weight, V, d, U, xv, hd, preference = ctx.saved_tensors
-        need_x, need_w, need_b, need_v, need_sigma, need_scale, _, need_u, _ = ctx.needs_input_grad
+        need_x, need_w, need_b, need_v, need_sigma, need_scale, _, need_u = ctx.needs_input_grad[:8]
         blocks, adapter_dtype = xb.shape[0], ctx.adapter_dtype
         gb = grad.reshape(blocks, -1, grad.shape[-1])
         u_t = U.T.contiguous() if xb.device.type == "cpu" else U.T  # for CPU BLAS, not cuBLAS
@@ -122,12 +130,15 @@ class PanaceaLinearFunction(torch.autograd.Function):
             grad_sigma, grad_lam = grad_d[..., : ctx.num_general], grad_d[..., ctx.num_general :]
             if d.dim() == 2:
                 grad_sigma = grad_sigma.sum(0)
-            lam = preference.reshape(-1).to(grad_lam.dtype)
+            lam = (
+                preference.repeat_interleave(ctx.repeats, dim=-1) if ctx.repeats > 1 else preference
+            )
+            lam = lam.reshape(-1).to(grad_lam.dtype)
             grad_scale = torch.dot(grad_lam.reshape(-1), lam).view(1).to(adapter_dtype)
             grad_sigma = grad_sigma.to(adapter_dtype)
         if need_u:
             grad_u = _sum_blocks(torch.bmm(hd, gb)).T.to(adapter_dtype)
-        return grad_x, grad_w, grad_b, grad_v, grad_sigma, grad_scale, None, grad_u, None
+        return grad_x, grad_w, grad_b, grad_v, grad_sigma, grad_scale, None, grad_u, None, None
 
 
 def _sum_blocks(t: torch.Tensor) -> torch.Tensor:
@@ -135,6 +146,9 @@ def _sum_blocks(t: torch.Tensor) -> torch.Tensor:
     return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
-def panacea_linear(x, weight, bias, V, sigma, scale, preference, U, scaling=1.0):
-    """Functional form of `PanaceaLinearFunction` (see its docstring for shapes)."""
-    return PanaceaLinearFunction.apply(x, weight, bias, V, sigma, scale, preference, U, scaling)
+def panacea_linear(x, weight, bias, V, sigma, scale, preference, U, scaling=1.0, repeats=1):
+    """Functional form of `PanaceaLinearFunction` (see its docstring for shapes; `repeats` is
+    the config's `rank_per_preference`)."""
+    return PanaceaLinearFunction.apply(
+        x, weight, bias, V, sigma, scale, preference, U, scaling, repeats
+    )

@@ -44,15 +44,35 @@ def _base_name(adapter: PanaceaAdapter) -> str | None:
 
 def save_adapter(adapter: PanaceaAdapter, directory: str | Path) -> Path:
     """Write `panacea_config.json` and `panacea_adapter.safetensors` into `directory`."""
-    directory = Path(directory)
     tensors = {name: t.contiguous().cpu() for name, t in adapter.state_dict().items()}
+    layers = {name: list(linear_shape(layer.base_layer)) for name, layer in adapter.layers.items()}
+    return write_adapter_folder(
+        directory,
+        {**adapter.config.to_dict(), "target_modules": sorted(adapter.layers)},
+        tensors,
+        layers,
+        _base_name(adapter),
+    )
+
+
+def write_adapter_folder(
+    directory: str | Path,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    layers: dict[str, list[int]],
+    base_model: str | None,
+    **extra,
+) -> Path:
+    """The adapter folder `load_adapter` reads: weights first, then the JSON with their sha256
+    (so a folder whose JSON exists is whole). `layers` maps each adapted layer to its base
+    layer's [in_features, out_features]; `extra` adds fields to the JSON."""
+    directory = Path(directory)
     meta = {
         "format_version": FORMAT_VERSION,
-        "config": {**adapter.config.to_dict(), "target_modules": sorted(adapter.layers)},
-        "layers": {
-            name: list(linear_shape(layer.base_layer)) for name, layer in adapter.layers.items()
-        },
-        "base_model_name_or_path": _base_name(adapter),
+        "config": config,
+        "layers": layers,
+        "base_model_name_or_path": base_model,
+        **extra,
     }
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
     meta["sha256"] = _sha256(directory / WEIGHTS_NAME)
@@ -250,7 +270,7 @@ def export_peft(
 ) -> Path:
     """Write a standard PEFT LoRA folder equal to the adapter at one fixed λ.
 
-    With r = `total_rank` = k + m and lora_alpha = r (PEFT scaling 1): lora_B = U and
+    With r = `total_rank` (k + m for one singular value per dimension) and lora_alpha = r (PEFT scaling 1): lora_B = U and
     lora_A = diag(d)·V with d = c·[σ_1 … σ_k, s·λ_1 … s·λ_m] (`singular_values`: c sits in A,
     not in B), so B·A = c·U·diag(σ, s·λ)·V, our update. GPT-2's Conv1D layers get
     `fan_in_fan_out`.
@@ -276,7 +296,7 @@ def export_peft(
         for name, layer in adapter.layers.items():
             sigma, scale = state[f"{name}.panacea_sigma"], state[f"{name}.panacea_scale"]
             lam_l = lam.to(device=scale.device, dtype=scale.dtype)
-            d = singular_values(sigma, scale, lam_l, layer.scaling)
+            d = singular_values(sigma, scale, lam_l, layer.scaling, layer.rank_per_preference)
             prefix = f"base_model.model.{name}"
             lora_a = d[:, None] * state[f"{name}.panacea_V"]
             tensors[f"{prefix}.lora_A.weight"] = lora_a.contiguous().cpu()

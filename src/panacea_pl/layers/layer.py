@@ -65,6 +65,7 @@ class PanaceaLinear(nn.Module):
         self.is_conv1d = isinstance(base_layer, Conv1D)
         self.num_general = config.num_general
         self.num_preferences = config.num_preferences
+        self.rank_per_preference = config.rank_per_preference
         self.scaling = config.scaling
         # Held outside the module tree so it is shared, not copied into each state dict.
         object.__setattr__(self, "state", state)
@@ -92,9 +93,11 @@ class PanaceaLinear(nn.Module):
             self.panacea_scale.fill_(1.0)
 
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
-        """c · d(λ): [k + m] for λ of shape [m], [B, k + m] for λ of shape [B, m]."""
+        """c · d(λ): [r] for λ of shape [m], [B, r] for λ of shape [B, m] (r = total_rank)."""
         lam = preference.to(self.panacea_scale.dtype)
-        return singular_values(self.panacea_sigma, self.panacea_scale, lam, self.scaling)
+        return singular_values(
+            self.panacea_sigma, self.panacea_scale, lam, self.scaling, self.rank_per_preference
+        )
 
     def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
         """The update c · U diag(d(λ)) V for one λ, shaped like the base weight."""
@@ -147,11 +150,11 @@ class PanaceaLinear(nn.Module):
         ]
         device = x.device.type
         if not torch.is_autocast_enabled(device):
-            return panacea_linear(*tensors, self.scaling)
+            return panacea_linear(*tensors, self.scaling, self.rank_per_preference)
         dtype = torch.get_autocast_dtype(device)  # x, W, b in it; U, V, d are cast inside
         tensors[:3] = [t if t is None else t.to(dtype) for t in tensors[:3]]
         with torch.autocast(device, enabled=False):
-            return panacea_linear(*tensors, self.scaling)
+            return panacea_linear(*tensors, self.scaling, self.rank_per_preference)
 
     def _forward_composed(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """The same map from separate ops (dropout and mixed dtypes go this way)."""
@@ -170,7 +173,8 @@ class PanaceaLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, num_general={self.num_general}, "
-            f"preferences={self.num_preferences}, scaling={self.scaling:g}"
+            f"preferences={self.num_preferences}, rank_per_preference={self.rank_per_preference}, "
+            f"scaling={self.scaling:g}"
         )
 
 

@@ -176,10 +176,20 @@ class PanaceaPolicy(nn.Module):
             )
 
 
+FIELDS_COMPARED = (
+    "num_preferences",
+    "num_general",
+    "rank_per_preference",
+    "alpha",
+    "dropout",
+    "dtype",
+)
+
+
 def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> PanaceaConfig:
     """Read a saved adapter's config and refuse one that contradicts the `adapter` also given.
 
-    Compared: num_general, num_preferences, alpha, dropout and dtype (target_modules are saved as full
+    Compared: `FIELDS_COMPARED` (target_modules are saved as full
     layer names and checked against the model when the adapter loads).
 
     Raises:
@@ -191,7 +201,7 @@ def check_adapter_agrees(adapter: PanaceaConfig | None, adapter_path: str) -> Pa
         return saved
     differ = [
         f"{field} {getattr(adapter, field)!r} (adapter) vs {getattr(saved, field)!r} (saved)"
-        for field in ("num_preferences", "num_general", "alpha", "dropout", "dtype")
+        for field in FIELDS_COMPARED
         if getattr(adapter, field) != getattr(saved, field)
     ]
     if differ:

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from panacea_pl.checks import check_integer, check_number
-from panacea_pl.layers.config import upgrade_fields
+from panacea_pl.layers.config import ADAPTER_CONFIG_KEY, upgrade_fields
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.sharding import fully_shard_model
 from panacea_pl.modules.epoch_means import EpochMeans
@@ -23,7 +23,6 @@ from panacea_pl.plugins.checkpoint_io import CheckpointError
 from panacea_pl.preference import DirichletSampler
 
 SAMPLER_STATE_KEY = "panacea_preference_sampler"
-ADAPTER_CONFIG_KEY = "panacea_adapter_config"
 # Module names that FSDP (1) and activation checkpointing insert into parameter names, and that
 # their state dicts leave out: a checkpoint's keys are the names without them.
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")

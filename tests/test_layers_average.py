@@ -1,0 +1,114 @@
+"""Averaging trained adapters: the average's update is its members' mean update at every λ."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny
+from panacea_pl.layers import (
+    AdapterLoadError,
+    PanaceaConfig,
+    inject_adapter,
+    load_adapter,
+    save_adapter,
+)
+from panacea_pl.layers.average import average_adapters, read_member, save_average
+from panacea_pl.modules.base import ADAPTER_CONFIG_KEY
+
+LAMBDAS = [[1.0, 0.0], [0.3, 0.7], [0.0, 1.0]]
+
+
+def trained_like(model_dir, config: PanaceaConfig, seed: int):
+    """An adapter with every part away from its initial value, as after training."""
+    torch.manual_seed(seed)
+    adapter = inject_adapter(tiny.load(model_dir), config)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.numel() <= 4 else 0.0))
+    return adapter
+
+
+def as_checkpoint(adapter, path):
+    """The two entries of a Panacea module's Lightning checkpoint that `read_member` reads."""
+    state = {f"policy.model.{k}": v for k, v in adapter.state_dict().items()}
+    state["policy.model.model.embed_tokens.weight"] = torch.zeros(3)  # not the adapter's
+    torch.save({"state_dict": state, ADAPTER_CONFIG_KEY: adapter.config.to_dict()}, path)
+    return path
+
+
+def test_the_average_is_the_members_mean_update_at_every_lambda(tiny_llama_dir, tmp_path):
+    """Members of different shapes (k, singular values per dimension, alpha) from a checkpoint
+    and an adapter folder; the folder written loads into a fresh base model."""
+    a = trained_like(tiny_llama_dir, PanaceaConfig(num_general=2, num_preferences=2, alpha=3.0), 0)
+    b = trained_like(
+        tiny_llama_dir, PanaceaConfig(num_general=0, num_preferences=2, rank_per_preference=2), 1
+    )
+    save_adapter(a, tmp_path / "a")
+    average = save_average(
+        [tmp_path / "a", as_checkpoint(b, tmp_path / "b.ckpt")],
+        tmp_path / "average",
+        weights=[0.25, 0.75],
+    )
+    loaded = load_adapter(tiny.load(tiny_llama_dir), average)
+    assert loaded.config.num_general == 2 and loaded.config.rank_per_preference == 3
+    for name, layer in loaded.layers.items():
+        for lam in LAMBDAS:
+            lam = torch.tensor(lam)
+            wanted = 0.25 * a.layers[name].delta_weight(lam) + 0.75 * b.layers[name].delta_weight(
+                lam
+            )
+            torch.testing.assert_close(layer.delta_weight(lam), wanted, rtol=1e-5, atol=1e-6)
+    # one member: the run's own adapter, written as a folder from its checkpoint
+    alone = load_adapter(
+        tiny.load(tiny_llama_dir), save_average([tmp_path / "b.ckpt"], tmp_path / "b")
+    )
+    for name, layer in alone.layers.items():
+        lam = torch.tensor([0.3, 0.7])
+        wanted = b.layers[name].delta_weight(lam)
+        torch.testing.assert_close(layer.delta_weight(lam), wanted, rtol=1e-5, atol=1e-6)
+    # and the forward pass (the fused path, per-sample λ) agrees with the merged mean weights
+    x = torch.randint(0, 100, (2, 5))
+    lam = torch.tensor([[0.3, 0.7], [1.0, 0.0]])
+    with loaded.preference(lam):
+        got = loaded.model(x).logits
+    for row in range(2):
+        merged = tiny.load(tiny_llama_dir)
+        modules = dict(merged.named_modules())
+        with torch.no_grad():
+            for name in loaded.layers:
+                delta = sum(
+                    w * m.layers[name].delta_weight(lam[row]) for w, m in ((0.25, a), (0.75, b))
+                )
+                modules[name].weight += delta
+        torch.testing.assert_close(got[row], merged(x[row : row + 1]).logits[0], atol=1e-4, rtol=0)
+
+
+def test_refuses_members_that_cannot_be_averaged(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    two = trained_like(tiny_llama_dir, PanaceaConfig(num_general=0, num_preferences=2), 0)
+    three = trained_like(tiny_llama_dir, PanaceaConfig(num_general=0, num_preferences=3), 0)
+    other_layers = trained_like(
+        tiny_llama_dir,
+        PanaceaConfig(num_general=0, num_preferences=2, target_modules=["q_proj"]),
+        0,
+    )
+    paths = {}
+    for name, adapter in (("two", two), ("three", three), ("q", other_layers)):
+        paths[name] = save_adapter(adapter, tmp_path / name)
+    members = {name: read_member(path) for name, path in paths.items()}
+    with pytest.raises(ValueError, match="at least one adapter, got none"):
+        average_adapters([])
+    with pytest.raises(ValueError, match="has m = 3 preference dimensions, .* has 2"):
+        average_adapters([members["two"], members["three"]])
+    with pytest.raises(ValueError, match="adapt different layers"):
+        average_adapters([members["two"], members["q"]])
+    with pytest.raises(ValueError, match="3 weights for 2 adapters"):
+        average_adapters([members["two"], members["two"]], [0.2, 0.3, 0.5])
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AdapterLoadError, match="junk.ckpt is not a readable checkpoint"):
+        read_member(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(AdapterLoadError, match="plain.ckpt holds no Panacea adapter"):
+        read_member(tmp_path / "plain.ckpt")
+    with pytest.raises(AdapterLoadError, match="nowhere: no such checkpoint or adapter folder"):
+        read_member(tmp_path / "nowhere")
