@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from panacea_pl import demo, demo_average
@@ -83,3 +84,16 @@ def test_each_averaged_run_keeps_the_recipe_but_the_sweep_and_logs_on_its_own(tm
         "panacea_pl.callbacks.TrainableEMA",
     ]
     assert written["trainer"]["callbacks"] == recipe[1:]
+
+
+def test_several_runs_with_a_multi_process_config_are_refused_before_anything_loads(
+    tmp_path, capsys
+):
+    several = [2, "2", -1, "-1", [0, 1], "0,1"]
+    assert all(demo.several_devices(d) for d in several)
+    assert not any(demo.several_devices(d) for d in [1, "1", "auto", None, [0], "0,", "0"])
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({"trainer": {"devices": 2}}))
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--config", str(GRPO), "--config", str(tmp_path / "ddp.yaml")])
+    assert exit_info.value.code == 2
+    assert "trainer.devices: 2 (one process per device); add --runs 1" in capsys.readouterr().err

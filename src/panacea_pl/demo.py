@@ -69,6 +69,17 @@ def _benchmark_settings(configs: list[Path]) -> dict:
     return settings
 
 
+def several_devices(devices) -> bool:
+    """Whether a `trainer.devices` value starts more than one process (Lightning's forms: an
+    int, "-1" for all, a list or "0,1" of device ids, "auto" = one on the CPU)."""
+    if isinstance(devices, list | tuple):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    return text == "-1" or (text.isdigit() and int(text) > 1)
+
+
 def training_plan(
     configs: list[Path] | None, max_steps: int | None
 ) -> tuple[list[Path], int | None]:
@@ -116,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     configs, max_steps = training_plan(args.config, args.max_steps)
     config = configs[0]
+    devices = effective_value(configs, "trainer", "devices")
+    if args.runs > 1 and several_devices(devices):
+        parser.error(
+            f"--runs {args.runs} trains one process per run, and the configs ask for "
+            f"trainer.devices: {devices} (one process per device); add --runs 1"
+        )
     start = time.perf_counter()
 
     # under DDP, Lightning starts the other ranks by running this command again: they train,
