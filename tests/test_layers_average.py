@@ -9,6 +9,7 @@ import tiny
 from panacea_pl.layers import (
     AdapterLoadError,
     PanaceaConfig,
+    export_peft,
     inject_adapter,
     load_adapter,
     save_adapter,
@@ -112,3 +113,21 @@ def test_refuses_members_that_cannot_be_averaged(tiny_llama_dir, tiny_gpt2_dir, 
         read_member(tmp_path / "plain.ckpt")
     with pytest.raises(AdapterLoadError, match="nowhere: no such checkpoint or adapter folder"):
         read_member(tmp_path / "nowhere")
+
+
+def test_an_average_exports_to_peft_like_any_adapter(tiny_llama_dir, tmp_path):
+    """Its rank is the runs' ranks added up; the PEFT LoRA at one λ serves the same logits."""
+    peft = pytest.importorskip("peft")
+    runs = [
+        trained_like(tiny_llama_dir, PanaceaConfig(num_general=1, num_preferences=2), seed)
+        for seed in (0, 1)
+    ]
+    paths = [save_adapter(run, tmp_path / f"run{i}") for i, run in enumerate(runs)]
+    average = load_adapter(tiny.load(tiny_llama_dir), save_average(paths, tmp_path / "average"))
+    assert average.config.total_rank == 2 * runs[0].config.total_rank
+    x = torch.randint(0, 100, (2, 5))
+    with average.preference([0.2, 0.8]):
+        expected = average.model(x).logits
+    export_peft(average, tmp_path / "lora", [0.2, 0.8])
+    served = peft.PeftModel.from_pretrained(tiny.load(tiny_llama_dir), tmp_path / "lora").eval()
+    torch.testing.assert_close(served(x).logits, expected, rtol=1e-5, atol=1e-5)

@@ -38,8 +38,8 @@ class PanaceaConfig:
         num_preferences: m, the number of preference dimensions; λ has m entries.
         rank_per_preference: singular values per preference dimension, each s·λ_i (1, the
             paper's). An average of n adapters (`average_adapters`) has n times its members'.
-        alpha: scaling numerator: c = alpha / (num_general + num_preferences), as in LoRA. None
-            means alpha = num_general + num_preferences, i.e. c = 1.
+        alpha: scaling numerator: c = alpha / total_rank, as in LoRA. None means alpha =
+            total_rank, i.e. c = 1.
         dropout: dropout on the adapter's input (training only).
         target_modules: which linear layers to adapt. A list of names matches a module whose full
             name equals an entry or ends with "." + entry; a string is a regular expression that

@@ -270,9 +270,9 @@ def export_peft(
 ) -> Path:
     """Write a standard PEFT LoRA folder equal to the adapter at one fixed λ.
 
-    With r = `total_rank` (k + m for one singular value per dimension) and lora_alpha = r (PEFT scaling 1): lora_B = U and
-    lora_A = diag(d)·V with d = c·[σ_1 … σ_k, s·λ_1 … s·λ_m] (`singular_values`: c sits in A,
-    not in B), so B·A = c·U·diag(σ, s·λ)·V, our update. GPT-2's Conv1D layers get
+    With r = `total_rank` (k + m for one singular value per dimension) and lora_alpha = r (PEFT
+    scaling 1): lora_B = U and lora_A = diag(d)·V with d = c·[σ_1 … σ_k, s·λ_1 … s·λ_m]
+    (`singular_values`: c sits in A, not in B), so B·A = c·U·diag(σ, s·λ)·V, our update. GPT-2's Conv1D layers get
     `fan_in_fan_out`.
 
     Args:
