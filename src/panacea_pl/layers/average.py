@@ -19,7 +19,6 @@ average (its top singular pair) scored below either run it summed, so none is ma
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from panacea_pl.layers.io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     AdapterLoadError,
+    _config_of,
+    _read_meta,
     read_adapter_config,
     write_adapter_folder,
 )
@@ -53,7 +54,9 @@ class Member:
 
     @property
     def layers(self) -> list[str]:
-        return sorted(k.removesuffix(".panacea_U") for k in self.tensors if k.endswith("_U"))
+        return sorted(
+            k.removesuffix(".panacea_U") for k in self.tensors if k.endswith(".panacea_U")
+        )
 
 
 def read_member(path: str | Path) -> Member:
@@ -64,10 +67,8 @@ def read_member(path: str | Path) -> Member:
     """
     path = Path(path)
     if path.is_dir():
-        meta = (
-            json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
-        )
-        config = read_adapter_config(path)
+        meta = _read_meta(path)
+        config = _config_of(meta, path / CONFIG_NAME)
         try:
             tensors = load_file(str(path / WEIGHTS_NAME))
         except (SafetensorError, OSError) as err:
@@ -114,34 +115,18 @@ def average_adapters(
     first = members[0]
     for member in members[1:]:
         _check_same_shape(first, member)
-    m = first.config.num_preferences
-    general_u, general_v = [], []
-    pref_u = [[] for _ in range(m)]
-    pref_v = [[] for _ in range(m)]
     out: dict[str, torch.Tensor] = {}
     for layer in first.layers:
-        general_u.clear(), general_v.clear()
-        for lists in (*pref_u, *pref_v):
-            lists.clear()
-        for member, w in zip(members, weights, strict=True):
-            cfg, t = member.config, member.tensors
-            u, v = t[f"{layer}.panacea_U"].float(), t[f"{layer}.panacea_V"].float()
-            k, r, c = cfg.num_general, cfg.rank_per_preference, w * cfg.scaling
-            general_u.append(u[:, :k] * (c * t[f"{layer}.panacea_sigma"].float()))
-            general_v.append(v[:k])
-            scale = c * t[f"{layer}.panacea_scale"].float()
-            for i in range(m):
-                cols = slice(k + i * r, k + (i + 1) * r)
-                pref_u[i].append(u[:, cols] * scale)
-                pref_v[i].append(v[cols])
-        num_general = sum(g.shape[1] for g in general_u)
-        out[f"{layer}.panacea_U"] = torch.cat(general_u + [x for p in pref_u for x in p], 1)
-        out[f"{layer}.panacea_V"] = torch.cat(general_v + [x for p in pref_v for x in p], 0)
-        out[f"{layer}.panacea_sigma"] = torch.ones(num_general)
+        parts = [_scaled_blocks(mb, layer, w) for mb, w in zip(members, weights, strict=True)]
+        # the members' general blocks, then each dimension's blocks: d = [1…1, λ_1…λ_1, …]
+        blocks = [part[i] for i in range(len(parts[0])) for part in parts]
+        out[f"{layer}.panacea_U"] = torch.cat([u for u, _ in blocks], 1)
+        out[f"{layer}.panacea_V"] = torch.cat([v for _, v in blocks], 0)
+        out[f"{layer}.panacea_sigma"] = torch.ones(sum(part[0][0].shape[1] for part in parts))
         out[f"{layer}.panacea_scale"] = torch.ones(1)
     config = PanaceaConfig(
         num_general=sum(mb.config.num_general for mb in members),
-        num_preferences=m,
+        num_preferences=first.config.num_preferences,
         rank_per_preference=sum(mb.config.rank_per_preference for mb in members),
         alpha=None,  # c = 1: the members' c_j are in U
         dropout=first.config.dropout,
@@ -172,6 +157,22 @@ def save_average(
         averaged_from=[mb.source for mb in members],
         weights=list(weights) if weights is not None else [1 / len(members)] * len(members),
     )
+
+
+def _scaled_blocks(
+    member: Member, layer: str, weight: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One layer of a member as (U columns, V rows) blocks, the general one and then one per
+    preference dimension, with w·c·σ and w·c·s folded into U (so the average's d is 1 and λ)."""
+    cfg, t = member.config, member.tensors
+    u, v = t[f"{layer}.panacea_U"].float(), t[f"{layer}.panacea_V"].float()
+    k, r, c = cfg.num_general, cfg.rank_per_preference, weight * cfg.scaling
+    blocks = [(u[:, :k] * (c * t[f"{layer}.panacea_sigma"].float()), v[:k])]
+    scale = c * t[f"{layer}.panacea_scale"].float()
+    for i in range(cfg.num_preferences):
+        rows = slice(k + i * r, k + (i + 1) * r)
+        blocks.append((u[:, rows] * scale, v[rows]))
+    return blocks
 
 
 def _check_same_shape(first: Member, other: Member) -> None:
