@@ -131,3 +131,54 @@ def test_an_average_exports_to_peft_like_any_adapter(tiny_llama_dir, tmp_path):
     export_peft(average, tmp_path / "lora", [0.2, 0.8])
     served = peft.PeftModel.from_pretrained(tiny.load(tiny_llama_dir), tmp_path / "lora").eval()
     torch.testing.assert_close(served(x).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_refuses_a_changed_folder_and_a_diverged_checkpoint(tiny_llama_dir, tmp_path):
+    """The same checks as `load_adapter`: the weights' recorded sha256, and finite values."""
+    adapter = trained_like(tiny_llama_dir, PanaceaConfig(num_general=0, num_preferences=2), 0)
+    folder = save_adapter(adapter, tmp_path / "run")
+    weights = folder / "panacea_adapter.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in a weight: still a readable safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AdapterLoadError, match="run/panacea_adapter.safetensors is truncated or"):
+        read_member(folder)
+    with torch.no_grad():
+        next(iter(adapter.layers.values())).panacea_V[0, 0] = float("nan")
+    with pytest.raises(AdapterLoadError, match=r"nan.ckpt: 1 adapter tensors hold NaN .*panacea_V"):
+        read_member(as_checkpoint(adapter, tmp_path / "nan.ckpt"))
+
+
+@pytest.mark.slow
+def test_the_console_command_writes_weights_and_refuses_bad_members(tiny_llama_dir, tmp_path):
+    """`panacea-pl average` in a subprocess: the weights given are the ones recorded, and bad
+    input exits with status 2 and a message naming the file or the count."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).with_name("panacea-pl")
+    paths = [
+        str(save_adapter(trained_like(tiny_llama_dir, PanaceaConfig(0, 2), s), tmp_path / f"r{s}"))
+        for s in (0, 1)
+    ]
+
+    def run(*args):
+        return subprocess.run(
+            [str(command), "average", *args], cwd=tmp_path, capture_output=True, text=True
+        )
+
+    done = run("--out", "avg", *paths, "--weights", "0.3", "0.7")
+    assert done.returncode == 0, done.stderr
+    assert "averaged 2 adapters into avg" in done.stdout and not done.stderr
+    meta = json.loads((tmp_path / "avg" / "panacea_config.json").read_text())
+    assert meta["weights"] == [0.3, 0.7] and meta["averaged_from"] == paths
+    for args, message in (
+        (("--out", "x", *paths, "--weights", "1"), "1 weights for 2 adapters"),
+        (("--out", "x", paths[0], "missing.ckpt"), "missing.ckpt: no such checkpoint or adapter"),
+    ):
+        failed = run(*args)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert not (tmp_path / "x").exists()

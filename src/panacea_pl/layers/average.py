@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from panacea_pl.layers.config import ADAPTER_CONFIG_KEY, PanaceaConfig, upgrade_fields
 from panacea_pl.layers.io import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     AdapterLoadError,
     _config_of,
     _read_meta,
+    _read_weights,
     read_adapter_config,
     write_adapter_folder,
 )
@@ -69,10 +67,7 @@ def read_member(path: str | Path) -> Member:
     if path.is_dir():
         meta = _read_meta(path)
         config = _config_of(meta, path / CONFIG_NAME)
-        try:
-            tensors = load_file(str(path / WEIGHTS_NAME))
-        except (SafetensorError, OSError) as err:
-            raise AdapterLoadError(f"{path / WEIGHTS_NAME} is missing or corrupt ({err})") from err
+        tensors = _read_weights(path, meta)  # checked against its sha256, as load_adapter does
         return Member(config, tensors, str(path), meta.get("base_model_name_or_path"))
     if not path.is_file():
         raise AdapterLoadError(f"{path}: no such checkpoint or adapter folder")
@@ -94,6 +89,12 @@ def read_member(path: str | Path) -> Member:
     }
     if not tensors:
         raise AdapterLoadError(f"{path}: no '{CHECKPOINT_PREFIX}…panacea_U' tensors in its state")
+    bad = sorted(key for key, t in tensors.items() if not torch.isfinite(t).all())
+    if bad:
+        raise AdapterLoadError(
+            f"{path}: {len(bad)} adapter tensors hold NaN or infinity (e.g. {bad[:3]}); a run "
+            "that diverged cannot be averaged"
+        )
     return Member(PanaceaConfig.from_dict(upgrade_fields(saved)), tensors, str(path))
 
 

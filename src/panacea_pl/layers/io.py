@@ -93,27 +93,7 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> PanaceaAdapte
     meta = _read_meta(directory)
     config = _config_of(meta, directory / CONFIG_NAME)
     _check_fits(model, meta["layers"], directory)
-    weights = directory / WEIGHTS_NAME
-    expected = meta.get("sha256")
-    if expected is not None and weights.is_file() and _sha256(weights) != expected:
-        raise AdapterLoadError(
-            f"{weights} is truncated or corrupt: its sha256 differs from the one recorded in "
-            f"{directory / CONFIG_NAME} when it was saved (the file was changed or damaged "
-            "since); save the adapter again with save_adapter"
-        )
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise AdapterLoadError(
-            f"{weights} is missing, truncated or corrupt ({err}); "
-            "save the adapter again with save_adapter"
-        ) from err
-    bad = sorted(name for name, t in tensors.items() if not torch.isfinite(t).all())
-    if bad:
-        raise AdapterLoadError(
-            f"{weights} is corrupt: {len(bad)} tensors hold NaN or infinity (e.g. {bad[:3]}); "
-            "expected finite weights"
-        )
+    tensors = _read_weights(directory, meta)
     adapter = inject_adapter(model, config)
     params = dict(adapter.named_parameters())
     missing = sorted(set(params) - set(tensors))
@@ -203,6 +183,36 @@ def _config_of(meta: dict, path: Path) -> PanaceaConfig:
         return PanaceaConfig.from_dict(fields)
     except (TypeError, ValueError) as err:
         raise AdapterLoadError(f"{path}: field 'config': {err}") from None
+
+
+def _read_weights(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """The folder's tensors, checked against the sha256 its JSON recorded and for NaN/infinity.
+
+    Raises:
+        AdapterLoadError: a missing, changed, truncated or non-finite weights file.
+    """
+    weights = directory / WEIGHTS_NAME
+    expected = meta.get("sha256")
+    if expected is not None and weights.is_file() and _sha256(weights) != expected:
+        raise AdapterLoadError(
+            f"{weights} is truncated or corrupt: its sha256 differs from the one recorded in "
+            f"{directory / CONFIG_NAME} when it was saved (the file was changed or damaged "
+            "since); save the adapter again with save_adapter"
+        )
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise AdapterLoadError(
+            f"{weights} is missing, truncated or corrupt ({err}); "
+            "save the adapter again with save_adapter"
+        ) from err
+    bad = sorted(name for name, t in tensors.items() if not torch.isfinite(t).all())
+    if bad:
+        raise AdapterLoadError(
+            f"{weights} is corrupt: {len(bad)} tensors hold NaN or infinity (e.g. {bad[:3]}); "
+            "expected finite weights"
+        )
+    return tensors
 
 
 def _sha256(path: Path) -> str:
