@@ -115,8 +115,9 @@ def test_refuses_members_that_cannot_be_averaged(tiny_llama_dir, tiny_gpt2_dir, 
         read_member(tmp_path / "nowhere")
 
 
-def test_an_average_exports_to_peft_like_any_adapter(tiny_llama_dir, tmp_path):
-    """Its rank is the runs' ranks added up; the PEFT LoRA at one λ serves the same logits."""
+def test_an_average_exports_to_peft_and_merges_like_any_adapter(tiny_llama_dir, tmp_path):
+    """Its rank is the runs' ranks added up; the PEFT LoRA at one λ, and the base model with
+    that λ's update merged in, serve the same logits."""
     peft = pytest.importorskip("peft")
     runs = [
         trained_like(tiny_llama_dir, PanaceaConfig(num_general=1, num_preferences=2), seed)
@@ -131,6 +132,8 @@ def test_an_average_exports_to_peft_like_any_adapter(tiny_llama_dir, tmp_path):
     export_peft(average, tmp_path / "lora", [0.2, 0.8])
     served = peft.PeftModel.from_pretrained(tiny.load(tiny_llama_dir), tmp_path / "lora").eval()
     torch.testing.assert_close(served(x).logits, expected, rtol=1e-5, atol=1e-5)
+    average.merge([0.2, 0.8])  # and merged into the base weights, as the README says
+    torch.testing.assert_close(average.model(x).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_refuses_a_changed_folder_and_a_diverged_checkpoint(tiny_llama_dir, tmp_path):
