@@ -206,6 +206,24 @@ def test_m_that_disagrees_across_the_config_fails_before_the_model_loads(workdir
     assert "Loading weights" not in proc.out  # nothing was loaded
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        # a batch of 8 of the 4 prompts would quietly be a batch of 4
+        ("--data.init_args.batch_size=8", "batch_size = 8 prompts, but the benchmark has "),
+        ("--model.init_args.kl_coef=-1", "PanaceaGRPO: kl_coef must be a finite number >= 0"),
+    ],
+)
+def test_a_constructor_that_refuses_its_arguments_is_one_message(workdir, setting, message):
+    """Not jsonargparse's traceback around it ("Does not validate against any of the Union
+    subtypes"), which is what `panacea-pl` printed before."""
+    small_rloo(workdir)
+    proc = panacea_pl("fit", "--config", GRPO, "--config", "small_rloo.yaml", setting, cwd=workdir)
+    assert proc.returncode == 2, proc.out
+    assert "panacea-pl: error: " in proc.out and message in proc.out
+    assert "Traceback" not in proc.out and "Union subtypes" not in proc.out
+
+
 def test_a_users_own_module_in_a_layered_config(workdir):
     """`--config experiments/stories/panacea_dpo.yaml --config mine.yaml`, where mine.yaml sets
     the module, its loss and its aggregator to classes in the user's own module, outside the

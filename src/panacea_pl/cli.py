@@ -23,12 +23,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from panacea_pl.config_checks import DimensionMismatchError
-from panacea_pl.data.errors import ConfigError, DataError
-from panacea_pl.layers.io import AdapterLoadError
-from panacea_pl.lightning_cli import run_lightning_cli
-from panacea_pl.plugins.checkpoint_io import CheckpointError
-from panacea_pl.preference import PreferenceError
+from panacea_pl.lightning_cli import USER_ERRORS, run_lightning_cli
 
 
 def _demo(argv: list[str]) -> int:
@@ -61,16 +56,6 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "average": _average,
     "convert-llama2c": _convert,
 }
-
-#: Errors that describe a bad input completely: shown as one message, without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    CheckpointError,
-    DimensionMismatchError,
-    ConfigError,
-    DataError,
-    AdapterLoadError,
-    PreferenceError,
-)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,13 @@ from omegaconf.errors import InterpolationResolutionError
 
 from panacea_pl.callbacks.pareto_sweep import ParetoSweep
 from panacea_pl.callbacks.progress import ProgressBar as PanaceaProgressBar
-from panacea_pl.config_checks import check_dimension_agreement
+from panacea_pl.config_checks import DimensionMismatchError, check_dimension_agreement
 from panacea_pl.console import quiet_console
+from panacea_pl.data.errors import ConfigError, DataError
 from panacea_pl.layers import PanaceaConfig
+from panacea_pl.layers.io import AdapterLoadError
 from panacea_pl.plugins.checkpoint_io import CheckpointError, read_checkpoint
+from panacea_pl.preference import PreferenceError
 from panacea_pl.resolvers import register_resolvers
 
 #: Checkpoints are written atomically (see `panacea_pl.plugins.AtomicCheckpointIO`); a config
@@ -51,6 +54,16 @@ NUM_PREFERENCES_HELP = (
     "that file that takes m says `${panacea.num_preferences:}`, resolved when the file is read. "
     "Given alone on the command line it does not reach them (they are resolved by then): the "
     "m check then names every statement that disagrees"
+)
+
+#: Errors that describe a bad input completely: `panacea-pl` shows them as one message.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
+    DimensionMismatchError,
+    ConfigError,
+    DataError,
+    AdapterLoadError,
+    PreferenceError,
 )
 
 #: `--ckpt_path` values that Lightning resolves itself.
@@ -134,6 +147,21 @@ class PanaceaCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         check_dimension_agreement(config)
 
+    def instantiate_classes(self) -> None:
+        """Lightning's, with a constructor's refusal of its arguments (e.g. "PanaceaGRPO: kl_coef
+        must be a finite number >= 0, got -1.0") raised as a bad input: jsonargparse wraps it in
+        a ValueError listing the subtypes of a `class_path` union, which `panacea-pl` could only
+        show as a traceback with the message inside."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            root = _root_cause(err)
+            if isinstance(root, USER_ERRORS):
+                raise root from None
+            if root is not err and isinstance(root, (ValueError, FileNotFoundError)):
+                raise ConfigError(str(root)) from root
+            raise
+
     def after_validate(self) -> None:
         """Sweep where `validate` found no validation rows to run its loop on (an on-policy
         recipe's prompts): what a user validating a finished model asks for is its front."""
@@ -190,3 +218,12 @@ def _accepted_arguments(class_path: str | None, hparams: dict[str, Any]) -> dict
 def run_lightning_cli(argv: list[str] | None = None, run: bool = True) -> PanaceaCLI:
     """`PanaceaCLI` over `argv` (default: the command line)."""
     return PanaceaCLI(args=argv, run=run)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The last exception in `err`'s chain of causes (`err` itself if it has none)."""
+    seen = {id(err)}
+    while (cause := err.__cause__ or err.__context__) is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        err = cause
+    return err

@@ -20,6 +20,7 @@ import torch
 from panacea_pl.atomic import atomic_write
 from panacea_pl.benchmarks.stories.benchmark import StoriesBenchmark
 from panacea_pl.data import (
+    ConfigError,
     DimensionSpec,
     PreferenceDataModule,
     PromptDataModule,
@@ -126,6 +127,12 @@ class StoriesPromptDataModule(PromptDataModule):
         val_fraction: float = 0.0,
         seed: int = 0,
     ):
+        if batch_size > num_prompts:  # the loader would quietly give batches of num_prompts
+            raise ConfigError(
+                f"StoriesPromptDataModule: batch_size = {batch_size} prompts, but the benchmark "
+                f"has num_prompts = {num_prompts}; expected batch_size <= num_prompts (for more "
+                "stories per step, raise the module's group_size or samples_per_prompt)"
+            )
         bench = StoriesBenchmark(
             data_dir, cache_dir, num_dimensions, num_prompts=num_prompts, progress=False
         )
