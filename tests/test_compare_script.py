@@ -25,14 +25,14 @@ def test_compare_with_ema_sweeps_the_average_and_the_raw_weights(shared_data, tm
         sys.executable,
         "experiments/compare_aggregations/compare.py",
         *("--dims", "2", "--methods", "panacea_rloo", "--iterations", "1"),
-        *("--samples-per-prompt", "1", "--ema", "0.9", "--out", str(out)),
+        *("--samples-per-prompt", "1", "--ema", "0.9", "--cosine", "--out", str(out)),
     ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["method"] for r in rows] == [  # (the base model's row comes with panacea_ls)
-        "panacea_rloo [ema 0.9]",
-        "panacea_rloo [ema 0.9]: raw weights",
+        "panacea_rloo [cosine lr, ema 0.9]",  # the label names every change to the recipe
+        "panacea_rloo [cosine lr, ema 0.9]: raw weights",
     ]
     # one iteration is 4 optimiser steps: the average (1 − 0.1·… of the way) is not the raw
     assert rows[0]["mean_regret"] != rows[1]["mean_regret"]

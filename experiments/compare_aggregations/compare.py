@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== m={m} {method}: {budget} ===", flush=True)
         config = configs[m, method]
         decay = ema_decay(config["trainer"].get("callbacks") or [])
-        settings = [*args.overrides, *([f"ema {decay}"] if decay is not None else [])]
+        settings = [
+            *args.overrides,
+            *(["cosine lr"] if args.cosine and method in ON_POLICY else []),
+            *([f"ema {decay}"] if decay is not None else []),
+        ]
         label = f"{method} [{', '.join(settings)}]" if settings else method
         if method.startswith("panacea"):
             new_rows, first = run_panacea(config, m, label)
