@@ -212,6 +212,8 @@ def test_m_that_disagrees_across_the_config_fails_before_the_model_loads(workdir
         # a batch of 8 of the 4 prompts would quietly be a batch of 4
         ("--data.init_args.batch_size=8", "batch_size = 8 prompts, but the benchmark has "),
         ("--model.init_args.kl_coef=-1", "PanaceaGRPO: kl_coef must be a finite number >= 0"),
+        # torch refuses it when the optimiser is built, inside fit
+        ("--model.init_args.optimizer.init_args.lr=-1", "optimizer or scheduler: Invalid learning"),
     ],
 )
 def test_a_constructor_that_refuses_its_arguments_is_one_message(workdir, setting, message):

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from panacea_pl.checks import check_integer, check_number
+from panacea_pl.data.errors import ConfigError
 from panacea_pl.layers.config import ADAPTER_CONFIG_KEY, upgrade_fields
 from panacea_pl.models import PanaceaPolicy
 from panacea_pl.models.sharding import fully_shard_model
@@ -243,10 +244,13 @@ class PanaceaModule(pl.LightningModule):
         return self.policy.adapter.parameters()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.optimizer_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        try:  # torch checks its optimisers' and schedulers' settings here, with ValueError
+            optimizer = self.optimizer_factory(self.optimizer_parameters())
+            if self.scheduler_factory is None:
+                return optimizer
+            scheduler = self.scheduler_factory(optimizer)
+        except ValueError as err:  # e.g. "Invalid learning rate: -1.0": a bad input, said so
+            raise ConfigError(f"{type(self).__name__}: optimizer or scheduler: {err}") from err
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
