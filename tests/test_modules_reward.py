@@ -68,3 +68,12 @@ def test_cost_dimension_must_match_the_head(tiny_llama_dir):
         RewardModelModule(
             VectorRewardModel(str(tiny_llama_dir), ["helpful"]), cost_dimension="helpful"
         )
+
+
+def test_an_optimiser_setting_torch_refuses_is_named_as_a_bad_input(tiny_llama_dir):
+    from panacea_pl.data import ConfigError
+
+    model = VectorRewardModel(str(tiny_llama_dir), ["helpful", "harmless"])
+    module = RewardModelModule(model, optimizer=lambda p: torch.optim.Adam(p, lr=-1.0))
+    with pytest.raises(ConfigError, match="RewardModelModule: optimizer: Invalid learning rate"):
+        module.configure_optimizers()

@@ -244,8 +244,9 @@ class PanaceaModule(pl.LightningModule):
         return self.policy.adapter.parameters()
 
     def configure_optimizers(self):
+        parameters = self.optimizer_parameters()
         try:  # torch checks its optimisers' and schedulers' settings here, with ValueError
-            optimizer = self.optimizer_factory(self.optimizer_parameters())
+            optimizer = self.optimizer_factory(parameters)
             if self.scheduler_factory is None:
                 return optimizer
             scheduler = self.scheduler_factory(optimizer)

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
+from panacea_pl.data.errors import ConfigError
 from panacea_pl.models.reward import VectorRewardModel
 from panacea_pl.modules.epoch_means import EpochMeans
 from panacea_pl.objectives import BradleyTerryLoss, SafetyCostLoss
@@ -122,7 +123,11 @@ class RewardModelModule(pl.LightningModule):
         self.epoch_means.log_and_reset(self)
 
     def configure_optimizers(self):
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        try:
+            return self.optimizer_factory(parameters)
+        except ValueError as err:  # torch's check of a setting, e.g. "Invalid learning rate"
+            raise ConfigError(f"{type(self).__name__}: optimizer: {err}") from err
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
