@@ -338,6 +338,24 @@ def small_rloo(workdir: Path) -> Path:
     return workdir / "small_rloo.yaml"
 
 
+def test_demo_says_which_of_its_runs_failed_and_where_its_output_is(workdir):
+    """A run that exits non-zero (here: a setting its module refuses) ends the demo with exit
+    status 1, naming the run, its status and where its console output went; nothing is averaged."""
+    small_rloo(workdir)
+    (workdir / "bad_kl.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"kl_coef": -1}}}))
+    proc = console_script(
+        "demo", "--config", GRPO, "--config", "small_rloo.yaml", "--config", "bad_kl.yaml",
+        "--max-steps", "2", cwd=workdir,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.out
+    failed = re.search(r"the run from seed ([01]) \((\S+)\) exited with status 2", proc.out)
+    assert failed, proc.out
+    where = "above" if failed.group(1) == "0" else f"{failed.group(2)}.log"
+    assert f"its console output is {where}" in proc.out
+    assert "PanaceaGRPO: kl_coef must be a finite number >= 0" in proc.out  # seed 0's console
+    assert "averaged the" not in proc.out
+
+
 def test_demo_on_its_default_rloo_recipe_shrunk(workdir):
     """`make demo` (= `panacea-pl demo`) through the installed console script, shrunk: its own
     recipe (experiments/stories/panacea_grpo.yaml, with its weight average) as two runs side by

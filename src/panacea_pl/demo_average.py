@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 SWEEP_CLASS = "ParetoSweep"
-# `panacea-pl ARGS` in a fresh interpreter: the console script's entry point
-ENTRY = "import sys; from panacea_pl.cli import main; sys.exit(main(sys.argv[1:]))"
+# `panacea-pl ARGS` in a fresh interpreter, without relying on the console script's location
+COMMAND = [sys.executable, "-m", "panacea_pl.cli"]
 
 
 def effective_value(configs: Sequence[Path], *keys: str):
@@ -85,7 +85,7 @@ def train_side_by_side(
             procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, "-c", ENTRY, *args],
+                        [*COMMAND, *args],
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT if log else None,
